@@ -1,0 +1,216 @@
+"""Typed, frozen configuration dataclasses.
+
+Every component of mmgen is described by a small frozen dataclass. They all derive from
+:class:`Config`, which gives them:
+
+* ``from_dict`` that rejects unknown keys *by name* (a typo in a YAML file is an error, not a
+  silently ignored setting) and builds nested configs recursively;
+* ``to_dict`` / ``to_json`` / ``from_json`` so a checkpoint folder always carries its config;
+* ``replace`` for derived copies.
+
+The model-specific configs live here too so that a config file can be read without importing
+any model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid: an unknown key, a wrong type or an out-of-range value."""
+
+
+def _is_config_type(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Config)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a JSON/YAML value to the annotated type (nested configs, tuples, literals)."""
+    if value is None:
+        return None
+    tp = _unwrap_optional(tp)
+    if _is_config_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return tp.from_dict(value, _where=where)
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base class of every mmgen config."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], _where: str = "") -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        hints = get_type_hints(cls)
+        names = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            prefix = f"{_where}." if _where else ""
+            raise ConfigError(
+                f"unknown key(s) for {cls.__name__}: {', '.join(prefix + k for k in unknown)}; "
+                f"known keys: {', '.join(sorted(names))}"
+            )
+        kwargs = {}
+        for key, value in data.items():
+            where = f"{_where}.{key}" if _where else key
+            kwargs[key] = _coerce(value, hints[key], where)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # a missing required field
+            raise ConfigError(f"{_where or cls.__name__}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Config):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = [x.to_dict() if isinstance(x, Config) else x for x in v]
+            out[f.name] = v
+        return out
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write ``{"_class": name, ...fields}`` atomically."""
+        data = {"_class": type(self).__name__, **self.to_dict()}
+        atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def from_json(cls: type[C], path: str | os.PathLike) -> C:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        name = data.pop("_class", cls.__name__)
+        if name != cls.__name__:
+            raise ConfigError(f"{path}: holds a {name}, expected a {cls.__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------
+# Transformer configs (shared by GPT, BERT, the text encoder and the image decoder)
+# --------------------------------------------------------------------------------------
+
+NormKind = Literal["layernorm", "rmsnorm"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "geglu", "geglu_tanh", "swiglu"]
+PositionKind = Literal["learned", "sinusoidal", "relative", "rope", "none"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig(Config):
+    """The one transformer stack behind every model.
+
+    Field defaults give a small pre-norm GPT-style stack.
+    """
+
+    vocab_size: int = 1024  # token embedding rows (text tokens or VQ codes + specials)
+    max_len: int = 256  # longest sequence (learned positions / caches are sized from this)
+    dim: int = 256  # model width
+    n_layers: int = 4
+    n_heads: int = 8
+    head_dim: Optional[int] = None  # defaults to dim // n_heads (T5 decouples them)
+    ffn_dim: Optional[int] = None  # defaults to 4 * dim
+    activation: Activation = "gelu"
+    norm: NormKind = "layernorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = True  # LayerNorm bias (ignored by RMSNorm)
+    pre_norm: bool = True  # GPT-2 / T5: pre-norm; BERT: post-norm
+    bias: bool = True  # bias in linear layers (T5 has none)
+    position: PositionKind = "learned"
+    rel_buckets: int = 32  # T5 relative-position buckets
+    rel_max_distance: int = 128
+    rope_theta: float = 10000.0
+    causal: bool = True
+    cross_attention: bool = False
+    attn_scale: Optional[float] = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    dropout: float = 0.0
+    type_vocab_size: int = 0  # BERT token types (0: none)
+    embed_norm: bool = False  # BERT: LayerNorm right after the embeddings
+    final_norm: bool = True  # pre-norm stacks end in a norm; post-norm (BERT) does not
+    tie_embeddings: bool = True
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "dim", "n_layers", "n_heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.head_dim is None and self.dim % self.n_heads:
+            raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+
+    @property
+    def d_ffn(self) -> int:
+        return self.ffn_dim if self.ffn_dim is not None else 4 * self.dim
