@@ -214,3 +214,37 @@ class TransformerConfig(Config):
     @property
     def d_ffn(self) -> int:
         return self.ffn_dim if self.ffn_dim is not None else 4 * self.dim
+
+
+@dataclass(frozen=True)
+class GPTConfig(TransformerConfig):
+    """A causal language model: GPT-2's layout by default (pre-norm, learned positions, tied head)."""
+
+    activation: Activation = "gelu_tanh"
+
+
+@dataclass(frozen=True)
+class BERTConfig(TransformerConfig):
+    """A bidirectional masked language model: BERT's post-norm layout, token types, embedding norm."""
+
+    causal: bool = False
+    pre_norm: bool = False
+    embed_norm: bool = True
+    final_norm: bool = False
+    norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    max_len: int = 512
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig(TransformerConfig):
+    """A T5-style encoder: RMSNorm, no biases, relative-position buckets, unscaled attention."""
+
+    causal: bool = False
+    norm: NormKind = "rmsnorm"
+    norm_eps: float = 1e-6
+    bias: bool = False
+    position: PositionKind = "relative"
+    attn_scale: Optional[float] = 1.0
+    activation: Activation = "geglu_tanh"
+    tie_embeddings: bool = False

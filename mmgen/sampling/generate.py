@@ -1,0 +1,96 @@
+"""Text generation for GPT: one prefill over the prompt, then one-token decode steps on a KV cache."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..nn.kv_cache import KVCache
+from .processors import SamplingParams, draw, make_generators, process
+
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+class Cancelled(Exception):
+    """Raised inside a generation loop when its cancel flag is set (caught by generate)."""
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    repetition_penalty: float = 1.0,
+    eos_token_id: Optional[int] = None,
+    pad_token_id: int = 0,
+    attention_mask: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    generators: Optional[Sequence[torch.Generator]] = None,
+    callback: Optional[StepCallback] = None,
+    cancel: Optional[threading.Event] = None,
+) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` after each prompt row; returns the new tokens (B, n).
+
+    Prompts of different lengths are passed left-padded with ``attention_mask`` (B, T) marking
+    real tokens; positions then count from each row's first real token. A row that emits
+    ``eos_token_id`` is finished: it gets ``pad_token_id`` afterwards and the loop stops when all
+    rows are finished. ``callback(step, new_tokens)`` runs after every step (streaming);
+    ``cancel`` (a threading.Event) is checked before every step and ends the loop early.
+    """
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if input_ids.dim() != 2 or input_ids.size(1) == 0:
+        raise ValueError("input_ids must be (batch, length) with at least one token per row")
+    B, T = input_ids.shape
+    device = input_ids.device
+    config = model.config
+    if T + max_new_tokens > config.max_len:
+        raise ValueError(
+            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's {config.max_len} positions"
+        )
+    if generators is None and seed is not None:
+        generators = make_generators(seed, B)
+
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # no padding: skip masks entirely (faster kernels)
+    if attention_mask is not None:
+        mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=device)
+        mask[:, :T] = attention_mask
+        positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        next_position = positions[:, -1:] + 1  # (B, 1)
+    else:
+        mask, positions, next_position = None, None, None
+
+    dtype = next(model.parameters()).dtype
+    cache = KVCache.for_config(config, B, max_len=T + max_new_tokens, dtype=dtype, device=device)
+    logits, _ = model(
+        input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions, cache=cache, last_only=True
+    )
+    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    history = input_ids  # tokens seen so far, for the repetition penalty
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            return out[:, :step]
+        token = draw(process(logits[:, -1], params, history if repetition_penalty != 1.0 else None), params, generators)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        out[:, step] = token
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+        if callback is not None:
+            callback(step, out[:, : step + 1])
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            return out[:, : step + 1]
+        if repetition_penalty != 1.0:
+            history = torch.cat([history, token[:, None]], dim=1)
+        step_mask = None if mask is None else mask[:, : T + step + 1]
+        logits, _ = model(token[:, None], attention_mask=step_mask, position_ids=next_position, cache=cache, last_only=True)
+        if next_position is not None:
+            next_position = next_position + 1
+    return out
