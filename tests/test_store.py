@@ -215,9 +215,9 @@ def test_hybrid_search_merges_keyword_only_and_semantic_only_matches(store: Hist
 
 
 def test_hybrid_ranks_a_match_of_both_searches_first(store: HistoryStore):
+    both = add(store, "a cat on a mat")  # oldest, so the newest-first tie-break cannot favour it
     add(store, "a dog in the park")  # semantic only
     add(store, "write a poem", kind="text", output_text="a cat poem")  # keyword only
-    both = add(store, "a cat on a mat")
     hits = store.search("cat")
     assert hits[0].record.id == both and hits[0].matched_by == ("keyword", "semantic")
     assert len(hits) == 3
