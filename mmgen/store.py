@@ -211,6 +211,7 @@ class HistoryStore:
         self.timeout = float(timeout)
         self._lock = threading.RLock()
         self._inherited: builtins.list[sqlite3.Connection] = []
+        self._manifest_touched = False  # set by manifest writes inside the current transaction
         self._conn = self._open()
         if self.manifest_path is not None and not self.manifest_path.exists():
             self.rebuild_manifest()
@@ -720,16 +721,22 @@ def _check_text(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
 
 
+def _integral(value: Any) -> Any:
+    """Gradio number boxes hand over floats: 42.0 means 42 (exact up to 2**53), 42.5 stays a float."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _check_seed(seed: Any) -> int:
+    seed = _integral(seed)
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, 2**53], got {seed!r}")
     return int(seed)
 
 
 def _check_id(record_id: Any) -> int:
-    # Gradio number boxes hand over floats; 3.0 is a fine id, 3.5 is not.
-    if isinstance(record_id, float) and record_id.is_integer():
-        record_id = int(record_id)
+    record_id = _integral(record_id)
     if not _is_int(record_id):
         raise ValueError(f"a history id must be an integer, got {record_id!r}")
     return int(record_id)

@@ -260,6 +260,8 @@ def test_restore_params_gives_back_exactly_what_was_stored(store: HistoryStore):
     rid = add(store, "x", params={"temperature": np.float64(0.7), "top_k": np.int64(5)}, seed=MAX_SEED)
     assert store.restore_params(rid)["params"] == {"temperature": 0.7, "top_k": 5}
     assert store.restore_params(rid)["seed"] == MAX_SEED
+    # A Gradio number box sends 42.0 for 42; it is stored and restored as the int.
+    assert store.restore_params(add(store, "x", seed=42.0))["seed"] == 42
 
 
 def test_rate_updates_row_and_manifest(store: HistoryStore):
@@ -396,6 +398,27 @@ def test_concurrent_threads_and_a_second_process(store: HistoryStore, outputs: P
     assert len(every_id) == n_threads * per_thread + per_process
     # The manifest saw every write exactly once, in id order: no lost or interleaved lines.
     assert [m["id"] for m in manifest(store)] == every_id
+
+
+def _add_from_forked_child(store: HistoryStore) -> None:
+    inherited = store._conn
+    store.add("text", "from the child", {}, 1, "m")
+    # Reusing the parent's connection often *seems* to work, which is why this is checked
+    # directly: SQLite forbids using a connection on both sides of a fork.
+    assert store._conn is not inherited
+    store.close()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_store_inherited_through_fork_opens_its_own_connection(store: HistoryStore):
+    parent = add(store, "from the parent")
+    proc = multiprocessing.get_context("fork").Process(target=_add_from_forked_child, args=(store,))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0
+    after = add(store, "from the parent again")  # the parent's connection still works
+    assert [r.prompt for r in store.list()[0]] == ["from the parent again", "from the child", "from the parent"]
+    assert [m["id"] for m in manifest(store)] == [parent, after - 1, after]
 
 
 def test_reopening_preserves_everything(tmp_path: Path, outputs: Path):
