@@ -115,6 +115,7 @@ class TextTokenizer:
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(f"expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
         self._tok = tokenizer
+        self._kind = _kind_of(tokenizer)
         given = dict(special_tokens or {})
         _check_roles(given)
         inferred = _infer_roles(self._special_token_strings())
@@ -161,7 +162,7 @@ class TextTokenizer:
             raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(KINDS)}")
         if vocab_size is None:
             vocab_size = _DEFAULT_VOCAB_SIZE[kind]
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0):
+        if vocab_size is not None and not _is_positive_int(vocab_size):
             raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
         if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
             raise ValueError(f"min_frequency must be a non-negative integer, got {min_frequency!r}")
@@ -181,7 +182,16 @@ class TextTokenizer:
 
         lowercase = _DEFAULT_LOWERCASE[kind] if lowercase is None else bool(lowercase)
         tok, trainer = _build_untrained(kind, vocab_size, min_frequency, ordered, roles.get("unk"), lowercase)
-        tok.train_from_iterator(_iter_texts(files_or_iterator), trainer=trainer)
+        seen = [0]  # texts consumed, counted on the way into the trainer
+
+        def counted(texts: Iterator[str]) -> Iterator[str]:
+            for text in texts:
+                seen[0] += 1
+                yield text
+
+        tok.train_from_iterator(counted(_iter_texts(files_or_iterator)), trainer=trainer)
+        if seen[0] == 0:
+            raise ValueError("nothing to train on: the files or iterator held no text")
         # Trainers put special tokens into the vocabulary; registering them as added special
         # tokens too makes them match whole in raw text and lets decode skip them.
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ordered])
@@ -439,12 +449,7 @@ class TextTokenizer:
     @property
     def kind(self) -> str:
         """One of ``KINDS``, read off the tokenizer's model (so loaded tokenizers know it too)."""
-        spec = json.loads(self._tok.to_str())
-        model_type = spec["model"]["type"]
-        if model_type == "WordLevel":
-            decoder = spec.get("decoder") or {}
-            return "char" if decoder.get("type") == "Fuse" else "word"
-        return {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}[model_type]
+        return self._kind
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -547,6 +552,16 @@ def _build_untrained(
     return tok, trainer
 
 
+def _kind_of(tok: Tokenizer) -> str:
+    """Which of ``KINDS`` a tokenizer is, from its model (and, for WordLevel, its decoder)."""
+    spec = json.loads(tok.to_str())
+    model_type = spec["model"]["type"]
+    if model_type == "WordLevel":
+        decoder = spec.get("decoder") or {}
+        return "char" if decoder.get("type") == "Fuse" else "word"
+    return {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}[model_type]
+
+
 def _set_post_processor(tok: Tokenizer, kind: str, template: str, roles: Mapping[str, Optional[str]]) -> None:
     """Install what ``encode(add_special_tokens=True)`` adds around a sequence."""
     needed = {"cls_sep": ("cls", "sep"), "eos": ("eos",), "bos_eos": ("bos", "eos"), "none": ()}[template]
@@ -562,7 +577,9 @@ def _set_post_processor(tok: Tokenizer, kind: str, template: str, roles: Mapping
         )
     elif template == "eos":
         eos = tokens["eos"]
-        post = processors.TemplateProcessing(single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=ids)
+        post = processors.TemplateProcessing(
+            single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=ids
+        )
     elif template == "bos_eos":
         bos, eos = tokens["bos"], tokens["eos"]
         post = processors.TemplateProcessing(
@@ -690,7 +707,9 @@ def _resolve_specials(
         roles = _infer_roles(special_tokens)
         extra = [t for t in special_tokens if t not in roles.values()]
     else:
-        raise TypeError(f"special_tokens must be a mapping role → token or a list, got {type(special_tokens).__name__}")
+        raise TypeError(
+            f"special_tokens must be a mapping role → token or a list, got {type(special_tokens).__name__}"
+        )
     return roles, extra
 
 
@@ -788,5 +807,9 @@ def _check_text(text: Any, name: str) -> None:
 
 
 def _check_max_length(max_length: Any) -> None:
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0):
+    if max_length is not None and not _is_positive_int(max_length):
         raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
