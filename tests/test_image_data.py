@@ -23,6 +23,7 @@ from mmgen.data.folder import (
     expand_shards,
     image_to_tensor,
     load_image,
+    to_rgb,
     write_tar_shards,
 )
 
@@ -115,6 +116,13 @@ def test_one_bit(tmp_path):
     out = load_image(saved(img, tmp_path / "b.png"), 4)
     assert pixel(out, (2, 2)) == (255, 255, 255)
     assert pixel(out, (0, 0)) == (0, 0, 0)
+
+
+def test_other_modes_convert_colours():
+    assert to_rgb(Image.new("LAB", (2, 2), (255, 128, 128))).getpixel((0, 0)) == pytest.approx((255, 255, 255), abs=2)
+    assert to_rgb(Image.new("HSV", (2, 2), (0, 255, 255))).getpixel((0, 0)) == (255, 0, 0)
+    assert to_rgb(Image.new("F", (2, 2), 0.5)).getpixel((0, 0)) == (128, 128, 128)
+    assert to_rgb(Image.new("PA", (2, 2), (0, 0)), BG).getpixel((0, 0)) == BG
 
 
 def test_transparency_key_on_rgb(tmp_path):
@@ -410,6 +418,14 @@ def test_emoji_captions_and_parsing():
         emoji.Emoji("\U0001F431", "cat face", "Animals & Nature", "animal-mammal"),
         emoji.Emoji("\u2764\ufe0f", "red heart", "Smileys & Emotion", "animal-mammal"),
     ]
+
+
+def test_emoji_list_without_emoji_test_falls_back_to_unicodedata(monkeypatch):
+    monkeypatch.setattr(emoji, "EMOJI_TEST_CANDIDATES", ())
+    fallback = emoji.load_emoji_list()
+    assert emoji.Emoji("\U0001F680", "rocket", "") in fallback
+    with pytest.raises(emoji.EmojiResourceError, match="unicode-data"):
+        emoji.load_emoji_list(["Animals & Nature"])
 
 
 def test_missing_font_names_the_package(monkeypatch):

@@ -22,6 +22,7 @@ them into errors with ``warnings.simplefilter("error", DataWarning)``.
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -37,7 +38,7 @@ from typing import IO, Any, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 ImageSource = Union[str, os.PathLike, bytes, IO[bytes]]
@@ -104,18 +105,28 @@ def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
 
 
+@functools.cache
+def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+
+
 def to_rgb(img: Image.Image, background: RGB = (255, 255, 255)) -> Image.Image:
     """Convert an image of any mode to ``RGB``, compositing transparency on ``background``."""
     if img.mode.startswith("I") or img.mode == "F":
         img = _high_bit_depth_to_l(img)
-    has_alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    if img.mode == "RGB":
+    if img.mode == "LAB":  # convert("RGB") would reinterpret the channels, not convert colours
+        return ImageCms.applyTransform(img, _lab_to_srgb())
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+    has_alpha = img.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in img.info
+    try:
+        if not has_alpha:
+            return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, ...
+        rgba = img.convert("RGBA")
+    except ValueError:
+        raise ValueError(f"unsupported image mode {img.mode!r}") from None
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
 def resize_center_crop(img: Image.Image, size: Size) -> Image.Image:
