@@ -248,3 +248,60 @@ class TextEncoderConfig(TransformerConfig):
     attn_scale: Optional[float] = 1.0
     activation: Activation = "geglu_tanh"
     tie_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class ImageDecoderConfig(TransformerConfig):
+    """The causal transformer over VQ codes, conditioned on text-encoder states.
+
+    ``vocab_size`` must be ``codebook_size + 1``: the extra id is the start token, and the model
+    predicts codes only. The sequence is the ``grid_h × grid_w`` code grid in raster order.
+    """
+
+    codebook_size: int = 512
+    grid_h: int = 8
+    grid_w: int = 8
+    context_dim: int = 256  # width of the text-encoder states
+    context_len: int = 32  # longest text (the null context and prefix mode are sized by it)
+    conditioning: Literal["cross", "prefix"] = "cross"  # cross-attention, or text states as a prefix
+    grid_position: Literal["learned", "rope"] = "learned"  # learned row + column tables, or 2-D RoPE
+    caption_dropout: float = 0.1  # probability of training a row on the null context (for guidance)
+    vocab_size: int = 513
+    max_len: int = 64
+    position: PositionKind = "none"  # positions come from the grid (learned 2-D or 2-D RoPE)
+    cross_attention: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size != self.codebook_size + 1:
+            raise ConfigError(f"vocab_size must be codebook_size + 1 = {self.codebook_size + 1}, got {self.vocab_size}")
+        needed = self.grid_h * self.grid_w + (self.context_len if self.conditioning == "prefix" else 0)
+        if self.max_len < needed:
+            raise ConfigError(f"max_len={self.max_len} is too small for the code grid (+ prefix): needs {needed}")
+        if self.cross_attention != (self.conditioning == "cross"):
+            raise ConfigError("cross_attention must be true exactly when conditioning is 'cross'")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+    @property
+    def num_codes(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size
+
+
+@dataclass(frozen=True)
+class TextToImageConfig(Config):
+    """The text-to-image model trained as one module: a text encoder and an image decoder."""
+
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
+    freeze_text_encoder: bool = False  # e.g. when starting from a pretrained BERT / T5 encoder
+
+    def __post_init__(self) -> None:
+        if self.text_encoder.dim != self.image_decoder.context_dim:
+            raise ConfigError(
+                f"image_decoder.context_dim ({self.image_decoder.context_dim}) must equal text_encoder.dim ({self.text_encoder.dim})"
+            )

@@ -213,3 +213,364 @@ class FillMaskPipeline:
         weights = attention[0].mean(0)  # (T, T) averaged over heads
         attn = {pos: list(zip(token_strs, weights[pos].tolist())) for pos in positions}
         return out, attn
+
+
+# =============================================================================================
+# Text to image
+# =============================================================================================
+
+BUNDLE_INDEX = "model_index.json"
+BUNDLE_FORMAT = 1
+MAX_IMAGES = 64
+MAX_SEED = 2**53
+DEFAULTS = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": None, "top_p": None}
+
+
+def _check_seed(seed: Optional[int]) -> int:
+    """A seed in [0, 2^53] (what a JavaScript client can send exactly); None picks a random one."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2^53], got {seed!r}")
+    return seed
+
+
+class TextToImagePipeline:
+    """Prompt in, PIL images out: tokenizer → text encoder → image decoder (sampling) → VQ decoder.
+
+    ``pipe = TextToImagePipeline.from_pretrained(bundle_dir)``;
+    ``pipe("a small red circle", num_images=4, seed=0)`` returns 4 images; image i uses seed + i
+    with its own generator, so it is the same whatever the batch size. Each image carries its
+    generation parameters in ``image.info`` (written to PNG text chunks by :func:`save_png`).
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, text_encoder, image_decoder, vq, defaults: Optional[dict] = None, model_id: str = "mmgen"):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder.eval()
+        self.image_decoder = image_decoder.eval()
+        self.vq = vq.eval()
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+        self.model_id = model_id
+        self.extras: dict[str, Any] = {}  # model_index.json content beyond the components
+
+    # ---- loading and saving -----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "TextToImagePipeline":
+        from .models.image_decoder import ImageDecoder
+        from .models.text_encoder import TextEncoder
+        from .models.vq import VQModel
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"bundle folder not found: {folder}")
+        index_path = folder / BUNDLE_INDEX
+        if not index_path.is_file():
+            raise CheckpointError(f"{index_path}: missing; a bundle holds {BUNDLE_INDEX} and component folders")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{index_path}: not valid JSON ({e})") from None
+        if index.get("format_version", 0) > BUNDLE_FORMAT:
+            raise CheckpointError(f"{index_path}: format {index['format_version']} is newer than this mmgen reads ({BUNDLE_FORMAT})")
+        pipe = cls(
+            TextTokenizer.from_pretrained(folder / "text_tokenizer"),
+            TextEncoder.from_pretrained(folder / "text_encoder"),
+            ImageDecoder.from_pretrained(folder / "image_decoder"),
+            VQModel.from_pretrained(folder / "vq"),
+            defaults=index.get("defaults"),
+            model_id=index.get("model_id", folder.name),
+        )
+        pipe.extras = {k: v for k, v in index.items() if k not in ("defaults", "model_id", "components")}
+        pipe.folder = folder
+        return pipe
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: Optional[torch.dtype] = None, extra: Optional[dict] = None) -> None:
+        """Write the bundle layout (``model_index.json`` last, so a half-written bundle is never valid)."""
+        from .config import atomic_write_text
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(folder / "text_tokenizer")
+        self.text_encoder.save_pretrained(folder / "text_encoder", dtype=dtype)
+        self.image_decoder.save_pretrained(folder / "image_decoder", dtype=dtype)
+        self.vq.save_pretrained(folder / "vq")
+        if dtype is not None:  # the VQ saves itself in fp32; re-save its weights in the bundle dtype
+            from .checkpoint import save_weights
+
+            save_weights(self.vq, folder / "vq" / "model.safetensors", dtype=dtype)
+        index = {
+            "format_version": BUNDLE_FORMAT,
+            "model_id": self.model_id,
+            "components": {
+                "text_tokenizer": "TextTokenizer", "text_encoder": "TextEncoder",
+                "image_decoder": "ImageDecoder", "vq": "VQModel",
+            },
+            "defaults": self.defaults,
+            **self.extras,
+            **(extra or {}),
+        }
+        atomic_write_text(folder / BUNDLE_INDEX, json.dumps(index, indent=2) + "\n")
+
+    # ---- the call ----------------------------------------------------------------------------
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        c = self.image_decoder.config
+        f = self.vq.config.downsample
+        return c.grid_w * f, c.grid_h * f
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> text-encoder states (B, T, D) and mask (B, T); over-long prompts are truncated with a warning."""
+        L = self.image_decoder.config.context_len
+        batch = self.tokenizer.encode_batch(prompts, max_length=L, padding="longest")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.inference_mode():
+            states, _ = self.text_encoder(ids, mask)
+        return states, mask
+
+    def _validate(self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p) -> SamplingParams:
+        _check_prompt(prompt)
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; describe the image you want")
+        if negative_prompt is not None:
+            _check_prompt(negative_prompt)
+        if not isinstance(num_images, int) or isinstance(num_images, bool) or not 1 <= num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
+        if not isinstance(guidance_scale, (int, float)) or not 0 <= guidance_scale <= 30:
+            raise ValueError(f"guidance_scale must be in [0, 30], got {guidance_scale!r}")
+        if temperature == 0:
+            raise ValueError("temperature must be > 0 for images (use top_k=1 for greedy decoding)")
+        return SamplingParams(temperature, top_k or None, top_p, 1.0)
+
+    def __call__(
+        self,
+        prompt: Union[str, list[str]],
+        negative_prompt: Optional[str] = None,
+        num_images: int = 1,
+        guidance_scale: Optional[float] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[int, int, list], None]] = None,
+        callback_every: int = 8,
+        cancel: Optional[threading.Event] = None,
+        prefix_codes: Optional[torch.Tensor] = None,
+    ) -> list:
+        """Generate ``num_images`` images per prompt. Unset parameters take the bundle's measured defaults.
+
+        ``callback(codes_done, codes_total, preview_images)`` streams partial images every
+        ``callback_every`` codes (unsampled rows are grey); ``cancel`` (threading.Event) stops
+        sampling within one step and raises :class:`mmgen.sampling.image.Cancelled`.
+        """
+        from .sampling.image import sample_image_codes
+        from .sampling.processors import make_generators
+
+        d = self.defaults
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        temperature = d["temperature"] if temperature is None else temperature
+        top_k = d["top_k"] if top_k is None else top_k
+        top_p = d["top_p"] if top_p is None else top_p
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompt given")
+        params = None
+        for p in prompts:
+            params = self._validate(p, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p)
+        if len(prompts) * num_images > MAX_IMAGES:
+            raise ValueError(f"at most {MAX_IMAGES} images per call, asked for {len(prompts) * num_images}")
+        seed = _check_seed(seed)
+        rows = [p for p in prompts for _ in range(num_images)]
+        states, mask = self.encode_prompts(rows)
+        uncond = uncond_mask = None
+        if negative_prompt and guidance_scale != 1.0:
+            uncond, uncond_mask = self.encode_prompts([negative_prompt] * len(rows))
+        on_codes = None
+        if callback is not None:
+            on_codes = lambda done, codes: callback(done, codes.shape[1], self.decode_codes(codes, preview=True))  # noqa: E731
+        codes = sample_image_codes(
+            self.image_decoder, states, mask, params, guidance_scale, uncond, uncond_mask,
+            generators=make_generators(seed, len(rows)), prefix_codes=prefix_codes,
+            callback=on_codes, callback_every=callback_every, cancel=cancel,
+        )
+        images = self.decode_codes(codes)
+        for i, (img, p) in enumerate(zip(images, rows)):
+            img.info.update(
+                image_metadata(
+                    prompt=p, negative_prompt=negative_prompt, seed=seed + i, guidance_scale=guidance_scale,
+                    temperature=temperature, top_k=top_k, top_p=top_p, size=img.size, model=self.model_id,
+                    num_codes=codes.shape[1],
+                )
+            )
+        return images
+
+    def decode_codes(self, codes: torch.Tensor, preview: bool = False) -> list:
+        """Codes (B, N) -> PIL images. In a preview, codes of -1 (not sampled yet) show as grey rows."""
+        from PIL import Image
+
+        c = self.image_decoder.config
+        grid = codes.view(-1, c.grid_h, c.grid_w)
+        missing = grid < 0
+        with torch.inference_mode():
+            pixels = self.vq.decode(grid.clamp(min=0))  # (B, 3, H, W) in [-1, 1]
+        if preview and missing.any():
+            f = self.vq.config.downsample
+            hole = missing.repeat_interleave(f, 1).repeat_interleave(f, 2)[:, None]  # (B, 1, H, W)
+            pixels = torch.where(hole, torch.zeros_like(pixels), pixels)
+        arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in arrays]
+
+    def encode_image(self, image) -> torch.Tensor:
+        """A PIL image -> its VQ codes (1, N), after resizing/cropping to the model's size."""
+        from .data.folder import image_to_tensor, load_image
+
+        w, h = self.image_size
+        img = load_image(image, (w, h)) if not hasattr(image, "mode") else _fit(image, (w, h))
+        with torch.inference_mode():
+            return self.vq.encode(image_to_tensor(img)[None]).view(1, -1)
+
+    def complete(self, image, keep_rows: int, prompt: str, **kwargs) -> list:
+        """Keep the top ``keep_rows`` rows of codes of ``image`` and sample the rest from ``prompt``."""
+        rows = self.image_decoder.config.grid_h
+        if not isinstance(keep_rows, int) or not 0 <= keep_rows < rows:
+            raise ValueError(f"keep_rows must be an integer in [0, {rows - 1}], got {keep_rows!r}")
+        codes = self.encode_image(image)
+        k = keep_rows * self.image_decoder.config.grid_w
+        n = kwargs.get("num_images", 1)
+        prefix = codes[:, :k].repeat(n * (1 if isinstance(prompt, str) else len(prompt)), 1) if k else None
+        images = self(prompt, prefix_codes=prefix, **kwargs)
+        for img in images:
+            img.info["mmgen"] = json.dumps({**json.loads(img.info["mmgen"]), "keep_rows": keep_rows})
+        return images
+
+    @torch.inference_mode()
+    def cross_attention_maps(self, prompt: str, image) -> tuple[list[str], "torch.Tensor"]:
+        """For a generated image: per prompt token, a (grid_h, grid_w) map of how much the decoder's
+        cross-attention looked at that token (averaged over heads and layers)."""
+        dec = self.image_decoder
+        if dec.config.conditioning != "cross":
+            raise ValueError("attention maps need a cross-attention model")
+        codes = self.encode_image(image) if not torch.is_tensor(image) else image.view(1, -1)
+        states, mask = self.encode_prompts([prompt])
+        bos = torch.full((1, 1), dec.config.bos_id, dtype=torch.long)
+        modules = [b.cross_attn for b in dec.trunk.blocks]
+        for m in modules:
+            m.record_weights = True
+        try:
+            dec(torch.cat([bos, codes[:, :-1]], 1), states, mask)
+            weights = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)  # (N, T)
+        finally:
+            for m in modules:
+                m.record_weights, m.last_weights = False, None
+        T = int(mask.sum())
+        tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch([prompt], max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
+        maps = weights[:, :T].T.reshape(T, dec.config.grid_h, dec.config.grid_w)
+        return tokens, maps
+
+
+def _fit(image, size: tuple[int, int]):
+    from .data.folder import resize_center_crop, to_rgb
+
+    return resize_center_crop(to_rgb(image, (255, 255, 255)), size)
+
+
+# =============================================================================================
+# PNG metadata: an A1111-style "parameters" line plus a JSON chunk, both read back here
+# =============================================================================================
+
+
+def image_metadata(**params: Any) -> dict[str, str]:
+    """The two text chunks for an image: ``parameters`` (A1111 style) and ``mmgen`` (JSON)."""
+    p = dict(params)
+    lines = [p.get("prompt", "")]
+    if p.get("negative_prompt"):
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    size = p.get("size")
+    fields = {
+        "Steps": p.get("num_codes"),
+        "Sampler": "autoregressive",
+        "CFG scale": p.get("guidance_scale"),
+        "Seed": p.get("seed"),
+        "Size": f"{size[0]}x{size[1]}" if size else None,
+        "Model": p.get("model"),
+        "Temperature": p.get("temperature"),
+        "Top-k": p.get("top_k"),
+        "Top-p": p.get("top_p"),
+    }
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
+    if size is not None:
+        p["size"] = list(size)
+    return {"parameters": "\n".join(lines), "mmgen": json.dumps(p, sort_keys=True)}
+
+
+def save_png(image, path: str | os.PathLike, metadata: Optional[dict[str, str]] = None) -> Path:
+    """Write ``image`` as a PNG with its metadata text chunks, atomically."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    from .config import atomic_write_bytes
+
+    info = PngImagePlugin.PngInfo()
+    chunks = metadata if metadata is not None else {k: v for k, v in image.info.items() if k in ("parameters", "mmgen")}
+    for key, value in chunks.items():
+        info.add_itxt(key, value)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_png_metadata(source) -> dict[str, Any]:
+    """Generation parameters of a PNG (path, bytes or PIL image): the JSON chunk if present, else
+    parsed from the A1111 ``parameters`` text. Returns {} for an image without them."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(source, (bytes, bytearray)):
+        source = Image.open(io.BytesIO(source))
+    elif not hasattr(source, "info"):
+        source = Image.open(source)
+    info = getattr(source, "text", None) or source.info
+    if "mmgen" in info:
+        try:
+            return json.loads(info["mmgen"])
+        except json.JSONDecodeError:
+            pass
+    if "parameters" in info:
+        return parse_parameters(info["parameters"])
+    return {}
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse an A1111-style ``parameters`` block back into a dict."""
+    lines = text.strip().split("\n")
+    out: dict[str, Any] = {}
+    settings = lines[-1] if len(lines) > 1 and ": " in lines[-1] else ""
+    body = lines[:-1] if settings else lines
+    prompt_lines = []
+    for line in body:
+        if line.startswith("Negative prompt: "):
+            out["negative_prompt"] = line[len("Negative prompt: ") :]
+        else:
+            prompt_lines.append(line)
+    out["prompt"] = "\n".join(prompt_lines)
+    keys = {"CFG scale": "guidance_scale", "Seed": "seed", "Temperature": "temperature", "Top-k": "top_k", "Top-p": "top_p", "Model": "model", "Steps": "num_codes"}
+    for part in settings.split(", "):
+        if ": " not in part:
+            continue
+        k, v = part.split(": ", 1)
+        if k in keys:
+            try:
+                out[keys[k]] = int(v) if v.lstrip("-").isdigit() else float(v) if k != "Model" else v
+            except ValueError:
+                out[keys[k]] = v
+        elif k == "Size":
+            w, h = v.split("x")
+            out["size"] = [int(w), int(h)]
+    return out

@@ -1,0 +1,128 @@
+"""The image decoder: a causal transformer over VQ codes, conditioned on text.
+
+Input at position i is the previous code (or the start token at i = 0) plus the 2-D position
+of the code it must predict; the output at i is a distribution over the codebook for code i.
+The text arrives through cross-attention (default) or as a prefix of projected encoder states.
+A learned *null context* stands in for the text when a caption is dropped in training, and is
+the unconditional branch of classifier-free guidance when sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import PretrainedMixin
+from ..config import ImageDecoderConfig
+from ..nn.kv_cache import KVCache
+from ..nn.position import rope_2d
+from .trunk import Transformer
+
+
+class ImageDecoder(PretrainedMixin, nn.Module):
+    config_class = ImageDecoderConfig
+
+    def __init__(self, config: ImageDecoderConfig):
+        super().__init__()
+        c = self.config = config
+        cross = c.conditioning == "cross"
+        self.trunk = Transformer(c, context_dim=c.context_dim if cross else None)
+        if c.grid_position == "learned":
+            self.row_emb = nn.Embedding(c.grid_h, c.dim)
+            self.col_emb = nn.Embedding(c.grid_w, c.dim)
+            nn.init.normal_(self.row_emb.weight, std=0.02)
+            nn.init.normal_(self.col_emb.weight, std=0.02)
+        if not cross:
+            self.prefix_proj = nn.Linear(c.context_dim, c.dim)
+        self.null_context = nn.Parameter(torch.randn(1, 1, c.context_dim) * 0.02)  # (1, 1, Dc)
+        self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
+        nn.init.normal_(self.head.weight, std=0.02)
+        rows = torch.arange(c.num_codes) // c.grid_w
+        cols = torch.arange(c.num_codes) % c.grid_w
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    # ------------------------------------------------------------------------------------------
+
+    def null_contexts(self, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional context for ``batch`` rows, padded to ``length``: states (B, L, Dc), mask (B, L)."""
+        states = torch.zeros(batch, length, self.config.context_dim, dtype=self.null_context.dtype, device=self.null_context.device)
+        states[:, :1] = self.null_context
+        mask = torch.zeros(batch, length, dtype=torch.long, device=states.device)
+        mask[:, 0] = 1
+        return states, mask
+
+    def _grid_inputs(self, codes_in: torch.Tensor, start: int):
+        """Token + 2-D position embeddings for positions [start, start + T) of the grid."""
+        T = codes_in.shape[1]
+        x = self.trunk.tok_emb(codes_in)  # (B, T, D)
+        rows, cols = self.rows[start : start + T], self.cols[start : start + T]
+        rope = None
+        if self.config.grid_position == "learned":
+            x = x + self.row_emb(rows) + self.col_emb(cols)
+        else:
+            rope = rope_2d(rows, cols, self.config.d_head, self.config.rope_theta)
+        return x, rope
+
+    def forward(
+        self,
+        codes_in: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        start: int = 0,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """codes_in (B, T): start token then codes, for grid positions [start, start + T).
+
+        context (B, Tc, Dc) with context_mask (B, Tc); labels (B, T) the codes to predict.
+        Returns logits over the codebook (B, T, K) and the cross-entropy loss when labels are given.
+        """
+        c = self.config
+        B = codes_in.shape[0]
+        if context_mask is None:
+            context_mask = torch.ones(context.shape[:2], dtype=torch.long, device=context.device)
+        x, rope = self._grid_inputs(codes_in, start)
+        if c.conditioning == "cross":
+            h = self.trunk(inputs_embeds=x, rope=rope, context=context, context_mask=context_mask, cache=cache)
+        else:
+            h = self._forward_prefix(x, rope, context, context_mask, cache, start)
+        if last_only:
+            h = h[:, -1:]
+        logits = self.head(h)  # (B, T, K)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def _forward_prefix(self, x, rope, context, context_mask, cache, start):
+        """Prefix conditioning: [projected text states | grid tokens] through one causal stack."""
+        B, T, _ = x.shape
+        L = self.config.context_len
+        if context.shape[1] > L:
+            raise ValueError(f"context of {context.shape[1]} tokens is longer than context_len={L}")
+        pad = L - context.shape[1]
+        # the prefix always spans context_len positions, so grid position i sits at L + i
+        context = F.pad(context, (0, 0, 0, pad))
+        context_mask = F.pad(context_mask, (0, pad))
+        grid_mask = torch.ones(B, start + T, dtype=context_mask.dtype, device=x.device)
+        mask = torch.cat([context_mask, grid_mask], dim=1)  # (B, L + start + T)
+        if rope is not None:  # prefix positions get no rotation (angle 0)
+            cos, sin = rope
+            rope = (F.pad(cos, (0, 0, L, 0), value=1.0), F.pad(sin, (0, 0, L, 0)))
+        if cache is None or cache.pos == 0:
+            x = torch.cat([self.prefix_proj(context), x], dim=1)
+            h = self.trunk(inputs_embeds=x, rope=rope, attention_mask=mask, cache=cache)
+            return h[:, L:]
+        if rope is not None:
+            rope = (rope[0][:, L:], rope[1][:, L:])
+        return self.trunk(inputs_embeds=x, rope=rope, attention_mask=mask, cache=cache)
+
+    def cache_len(self) -> int:
+        """Positions a full-image KV cache needs."""
+        c = self.config
+        return c.num_codes + (c.context_len if c.conditioning == "prefix" else 0)

@@ -1,0 +1,67 @@
+"""The trainable text-to-image model: text encoder → image decoder, as one module.
+
+Training sees (caption token ids, VQ codes) pairs; a fraction of captions is replaced by the
+decoder's learned null context so that the same model also learns the unconditional
+distribution that classifier-free guidance needs. On disk it is two component folders,
+``text_encoder/`` and ``image_decoder/``, as in the bundle layout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError
+from ..config import TextToImageConfig
+from .image_decoder import ImageDecoder
+from .text_encoder import TextEncoder
+
+
+class TextToImage(nn.Module):
+    def __init__(self, config: TextToImageConfig):
+        super().__init__()
+        self.config = config
+        self.text_encoder = TextEncoder(config.text_encoder)
+        self.image_decoder = ImageDecoder(config.image_decoder)
+        if config.freeze_text_encoder:
+            self.text_encoder.requires_grad_(False)
+
+    def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Caption ids (B, Tc) -> encoder states (B, Tc, Dc)."""
+        states, _ = self.text_encoder(text_ids, text_mask)
+        return states
+
+    def forward(
+        self, text_ids: torch.Tensor, text_mask: torch.Tensor, codes: torch.Tensor, **_: object
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """text_ids/text_mask (B, Tc), codes (B, N) in raster order -> logits (B, N, K), loss."""
+        dec = self.image_decoder
+        context = self.encode_text(text_ids, text_mask)
+        if self.training and dec.config.caption_dropout > 0:
+            drop = torch.rand(codes.shape[0], device=codes.device) < dec.config.caption_dropout  # (B,)
+            null, null_mask = dec.null_contexts(codes.shape[0], context.shape[1])
+            context = torch.where(drop[:, None, None], null.to(context.dtype), context)
+            text_mask = torch.where(drop[:, None], null_mask, text_mask)
+        bos = torch.full_like(codes[:, :1], dec.config.bos_id)
+        codes_in = torch.cat([bos, codes[:, :-1]], dim=1)  # teacher forcing: predict code i from codes < i
+        return dec(codes_in, context, text_mask, labels=codes)
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> None:
+        directory = Path(directory)
+        self.text_encoder.save_pretrained(directory / "text_encoder", dtype=dtype)
+        self.image_decoder.save_pretrained(directory / "image_decoder", dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "TextToImage":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"model folder not found: {directory}")
+        encoder = TextEncoder.from_pretrained(directory / "text_encoder")
+        decoder = ImageDecoder.from_pretrained(directory / "image_decoder")
+        model = cls(TextToImageConfig(text_encoder=encoder.config, image_decoder=decoder.config))
+        model.text_encoder, model.image_decoder = encoder, decoder
+        return model

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny randomly initialised components, built in seconds, no downloads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CAPTIONS = [
+    "a small red circle", "a large blue square", "a green triangle in the top left",
+    "a yellow circle to the left of a purple square", "a white triangle above an orange circle",
+]
+
+
+def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross"):
+    """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ)."""
+    from mmgen.config import ImageDecoderConfig, TextEncoderConfig
+    from mmgen.models.image_decoder import ImageDecoder
+    from mmgen.models.text_encoder import TextEncoder
+    from mmgen.models.vq import VQConfig, VQModel
+    from mmgen.pipelines import TextToImagePipeline
+    from mmgen.text.tokenizer import TextTokenizer
+
+    torch.manual_seed(seed)
+    tok = TextTokenizer.train(CAPTIONS * 4, kind="word", vocab_size=200)
+    enc = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_len=16, dim=32, n_layers=1, n_heads=4))
+    dec = ImageDecoder(
+        ImageDecoderConfig(
+            codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=32, context_len=12,
+            max_len=16 + (12 if conditioning == "prefix" else 0), dim=32, n_layers=2, n_heads=4,
+            conditioning=conditioning, cross_attention=conditioning == "cross",
+        )
+    )
+    vq = VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=32, code_dim=4, mid_res_blocks=1))
+    return TextToImagePipeline(tok, enc, dec, vq, defaults={"guidance_scale": 1.0, "top_k": 8}, model_id="tiny-test")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny bundle folder on disk (what the web UI and CLI tests load)."""
+    path = tmp_path_factory.mktemp("tiny_bundle")
+    make_tiny_pipeline().save_pretrained(path)
+    return path

@@ -1,0 +1,215 @@
+"""Text to image: the decoder against its uncached self, guidance, seeds, cancel, completion, bundles."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from conftest import make_tiny_pipeline
+from mmgen.checkpoint import CheckpointError
+from mmgen.config import ConfigError, ImageDecoderConfig, TextEncoderConfig, TextToImageConfig
+from mmgen.models.image_decoder import ImageDecoder
+from mmgen.models.text_to_image import TextToImage
+from mmgen.nn.kv_cache import KVCache
+from mmgen.pipelines import TextToImagePipeline, read_png_metadata, save_png
+from mmgen.sampling.image import Cancelled, sample_image_codes
+from mmgen.sampling.processors import SamplingParams, make_generators
+
+
+def _decoder(conditioning="cross", grid_position="learned"):
+    torch.manual_seed(0)
+    return ImageDecoder(
+        ImageDecoderConfig(
+            codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
+            max_len=22, dim=32, n_layers=2, n_heads=4, conditioning=conditioning,
+            cross_attention=conditioning == "cross", grid_position=grid_position,
+        )
+    ).eval()
+
+
+@pytest.mark.parametrize("conditioning", ["cross", "prefix"])
+@pytest.mark.parametrize("grid_position", ["learned", "rope"])
+def test_cached_equals_uncached_logits(conditioning, grid_position):
+    dec = _decoder(conditioning, grid_position)
+    codes = torch.randint(0, 32, (2, 16))
+    inp = torch.cat([torch.full((2, 1), 32), codes[:, :-1]], 1)
+    ctx, mask = torch.randn(2, 5, 24), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        full, _ = dec(inp, ctx, mask)
+        cache = KVCache.for_config(dec.config, 2, max_len=dec.cache_len())
+        steps = [dec(inp[:, :3], ctx, mask, cache=cache)[0]]
+        steps += [dec(inp[:, t : t + 1], ctx, mask, cache=cache, start=t)[0] for t in range(3, 16)]
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_guidance_scale_one_equals_conditional_sampling():
+    dec = _decoder()
+    ctx, mask = torch.randn(3, 5, 24), torch.ones(3, 5, dtype=torch.long)
+    params = SamplingParams(temperature=1.0)
+    plain = sample_image_codes(dec, ctx, mask, params, 1.0, generators=make_generators(0, 3))
+    # guidance 1 with an explicit unconditional branch must give the same codes
+    null, null_mask = dec.null_contexts(3, 5)
+    guided = sample_image_codes(dec, ctx, mask, params, 1.0, null, null_mask, generators=make_generators(0, 3))
+    assert torch.equal(plain, guided)
+    other = sample_image_codes(dec, ctx, mask, params, 3.0, generators=make_generators(0, 3))
+    assert other.shape == plain.shape and (other >= 0).all() and (other < 32).all()
+
+
+def test_guidance_combines_conditional_and_unconditional_logits():
+    dec = _decoder()
+    ctx, mask = torch.randn(1, 5, 24), torch.ones(1, 5, dtype=torch.long)
+    null, null_mask = dec.null_contexts(1, 5)
+    bos = torch.full((1, 1), 32)
+    with torch.no_grad():
+        cond = dec(bos, ctx, mask)[0][:, -1]
+        uncond = dec(bos, null, null_mask)[0][:, -1]
+    expected = (uncond + 3.0 * (cond - uncond)).argmax(-1)
+    got = sample_image_codes(dec, ctx, mask, SamplingParams(temperature=1.0, top_k=1), 3.0)
+    assert got[0, 0] == expected[0]
+
+
+def test_same_seed_same_image_at_batch_1_and_4():
+    pipe = make_tiny_pipeline()
+    single = pipe("a small red circle", num_images=1, seed=11)[0]
+    four = pipe("a small red circle", num_images=4, seed=10)
+    assert single.tobytes() == four[1].tobytes()  # image 1 of the batch uses seed 10 + 1
+    again = pipe("a small red circle", num_images=1, seed=11)[0]
+    assert single.tobytes() == again.tobytes()
+    assert single.size == pipe.image_size == (16, 16)
+
+
+def test_cancel_stops_within_one_step():
+    pipe = make_tiny_pipeline()
+    cancel = threading.Event()
+    seen = []
+
+    def on_preview(done, total, images):
+        seen.append(done)
+        cancel.set()
+
+    with pytest.raises(Cancelled) as info:
+        pipe("a small red circle", seed=0, callback=on_preview, callback_every=2, cancel=cancel)
+    assert seen == [2] and info.value.step == 2
+
+
+def test_previews_arrive_with_grey_unsampled_rows():
+    pipe = make_tiny_pipeline()
+    previews = []
+    pipe("a blue square", seed=0, callback=lambda d, t, imgs: previews.append((d, imgs)), callback_every=4)
+    assert [d for d, _ in previews] == [4, 8, 12, 16]
+    first = previews[0][1][0]
+    # after 4 codes (one code row = 4 pixel rows) the rows not sampled yet are grey
+    assert all(first.getpixel((x, 15)) == (128, 128, 128) for x in range(16))
+
+
+def test_completion_keeps_the_given_rows_exactly():
+    pipe = make_tiny_pipeline()
+    source = pipe("a green triangle", seed=3)[0]
+    codes = pipe.encode_image(source)
+    out = pipe.complete(source, keep_rows=2, prompt="a large blue square", num_images=3, seed=5)
+    assert len(out) == 3 and read_png_metadata(out[0])["keep_rows"] == 2
+    # the sampled codes keep the prefix exactly (pixels are decoded from them)
+    dec = pipe.image_decoder
+    states, mask = pipe.encode_prompts(["a large blue square"] * 3)
+    sampled = sample_image_codes(dec, states, mask, SamplingParams(), 1.0, prefix_codes=codes[:, :8].repeat(3, 1), generators=make_generators(5, 3))
+    assert torch.equal(sampled[:, :8], codes[:, :8].repeat(3, 1))
+    assert not torch.equal(sampled[0, 8:], sampled[1, 8:])
+    with pytest.raises(ValueError, match="keep_rows"):
+        pipe.complete(source, keep_rows=4, prompt="x")
+
+
+def test_pipeline_save_load_gives_identical_images(tmp_path):
+    pipe = make_tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "bundle")
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
+    a = pipe("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0)
+    b = loaded("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0)
+    assert [i.tobytes() for i in a] == [i.tobytes() for i in b]
+    assert loaded.defaults["top_k"] == 8
+
+
+def test_png_metadata_round_trip(tmp_path):
+    pipe = make_tiny_pipeline()
+    img = pipe("a white triangle", negative_prompt="blue", num_images=1, seed=2**53 - 5, guidance_scale=2.5, top_p=0.9)[0]
+    path = save_png(img, tmp_path / "x.png")
+    meta = read_png_metadata(path)
+    assert meta["prompt"] == "a white triangle" and meta["negative_prompt"] == "blue"
+    assert meta["seed"] == 2**53 - 5 and meta["guidance_scale"] == 2.5 and meta["top_p"] == 0.9
+    # the A1111 line alone is enough too
+    from PIL import Image
+
+    params = Image.open(path).text["parameters"]
+    assert "Seed: 9007199254740987" in params and "CFG scale: 2.5" in params
+    only_a1111 = save_png(img, tmp_path / "y.png", metadata={"parameters": params})
+    back = read_png_metadata(only_a1111)
+    assert back["seed"] == meta["seed"] and back["prompt"] == "a white triangle" and back["negative_prompt"] == "blue"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"prompt": ""}, "empty"),
+        ({"prompt": "   "}, "empty"),
+        ({"num_images": 0}, "num_images"),
+        ({"num_images": 10_000}, "num_images"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**60}, "seed"),
+        ({"guidance_scale": -2}, "guidance_scale"),
+        ({"prompt": "x" * 50_000}, "characters"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, match):
+    pipe = make_tiny_pipeline()
+    args = {"prompt": "a red circle", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(args.pop("prompt"), **args)
+
+
+def test_unknown_bundle_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="bundle folder not found"):
+        TextToImagePipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="model_index.json"):
+        TextToImagePipeline.from_pretrained(tmp_path)
+
+
+def test_long_prompt_is_truncated_with_a_warning():
+    pipe = make_tiny_pipeline()
+    with pytest.warns(UserWarning, match="truncated"):
+        pipe("a red circle " * 40, seed=0)
+
+
+def test_text_to_image_training_forward_and_caption_dropout():
+    cfg = TextToImageConfig(
+        text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4),
+        image_decoder=ImageDecoderConfig(
+            codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6, max_len=16,
+            dim=32, n_layers=1, n_heads=4, caption_dropout=0.5,
+        ),
+    )
+    torch.manual_seed(0)
+    model = TextToImage(cfg)
+    ids, mask, codes = torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16))
+    logits, loss = model(ids, mask, codes)
+    assert logits.shape == (8, 16, 32) and loss.item() > 0
+    loss.backward()
+    assert model.image_decoder.null_context.grad is not None  # the null context learns
+    model.eval()
+    a, _ = model(ids, mask, codes)
+    b, _ = model(ids, mask, codes)
+    assert torch.equal(a, b)  # no dropout at eval
+    with pytest.raises(ConfigError, match="context_dim"):
+        TextToImageConfig(text_encoder=TextEncoderConfig(dim=48, n_heads=4), image_decoder=cfg.image_decoder)
+
+
+def test_cross_attention_maps_cover_prompt_tokens():
+    pipe = make_tiny_pipeline()
+    img = pipe("a small red circle", seed=0)[0]
+    tokens, maps = pipe.cross_attention_maps("a small red circle", img)
+    assert tokens[:4] == ["a", "small", "red", "circle"]
+    assert maps.shape == (len(tokens), 4, 4)
+    assert torch.allclose(maps.sum(0), torch.ones(4, 4), atol=1e-4)  # each code's attention sums to 1
