@@ -26,6 +26,16 @@ from .sampling.streaming import stream
 from .text.tokenizer import TextTokenizer
 
 MAX_PROMPT_CHARS = 20_000  # refuse absurd inputs before tokenizing them
+DEMO_BUNDLE = Path(__file__).resolve().parent / "assets" / "demo"  # the bundle shipped with the package
+
+
+def default_bundle() -> Path:
+    """The shipped demo bundle (what ``mmgen webui`` and ``mmgen sample`` use without --bundle)."""
+    if not (DEMO_BUNDLE / "model_index.json").is_file():
+        raise CheckpointError(
+            f"the demo bundle is missing from {DEMO_BUNDLE}; train one with `mmgen train-demo` or pass --bundle DIR"
+        )
+    return DEMO_BUNDLE
 
 
 def load_text_model(folder: str | os.PathLike):
