@@ -213,3 +213,25 @@ def test_cross_attention_maps_cover_prompt_tokens():
     assert tokens[:4] == ["a", "small", "red", "circle"]
     assert maps.shape == (len(tokens), 4, 4)
     assert torch.allclose(maps.sum(0), torch.ones(4, 4), atol=1e-4)  # each code's attention sums to 1
+
+
+def test_text_encoder_starts_from_bert_and_t5_folders(tmp_path):
+    from mmgen.config import BERTConfig
+    from mmgen.models.bert import BERT
+    from mmgen.models.text_encoder import load_text_encoder
+
+    torch.manual_seed(0)
+    bert = BERT(BERTConfig(vocab_size=40, max_len=16, dim=24, n_layers=2, n_heads=4)).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    enc = load_text_encoder(tmp_path / "bert").eval()
+    ids = torch.randint(0, 40, (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(enc(ids)[0], bert.encode(ids), atol=1e-6)
+    transformers = pytest.importorskip("transformers")
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=40, d_model=24, d_kv=6, d_ff=48, num_layers=1, num_heads=4)).eval()
+    t5.save_pretrained(tmp_path / "t5")
+    enc = load_text_encoder(tmp_path / "t5")
+    with torch.no_grad():
+        assert torch.allclose(enc(ids)[0], t5(input_ids=ids).last_hidden_state, atol=1e-5)
+    frozen = TextToImage(TextToImageConfig(text_encoder=enc.config, image_decoder=ImageDecoderConfig(context_dim=24, dim=32, n_heads=4, n_layers=1), freeze_text_encoder=True))
+    assert not any(p.requires_grad for p in frozen.text_encoder.parameters())

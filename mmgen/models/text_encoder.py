@@ -35,3 +35,46 @@ class TextEncoder(PretrainedMixin, nn.Module):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def text_encoder_from_bert(bert) -> TextEncoder:
+    """A TextEncoder with the trunk of a BERT (ours or loaded from a Hugging Face folder).
+
+    The trunk is the same module in both models, so this is a config copy and a state-dict copy;
+    the MLM head is dropped.
+    """
+    from ..config import TextEncoderConfig
+
+    fields = bert.config.to_dict()
+    config = TextEncoderConfig.from_dict(fields)
+    encoder = TextEncoder(config)
+    encoder.trunk.load_state_dict(bert.trunk.state_dict(), strict=True)
+    return encoder
+
+
+def load_text_encoder(folder) -> TextEncoder:
+    """A text encoder from a folder: ours (TextEncoder or BERT) or a local HF T5 / BERT folder."""
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import CheckpointError
+
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing (is {folder} a model folder?)")
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    if data.get("model_type") == "t5":
+        from .hf import load_t5_encoder
+
+        return load_t5_encoder(folder)
+    if data.get("model_type") == "bert":
+        from .hf import load_bert
+
+        return text_encoder_from_bert(load_bert(folder))
+    if data.get("_class") == "BERTConfig":
+        from .bert import BERT
+
+        return text_encoder_from_bert(BERT.from_pretrained(folder))
+    if data.get("_class") == "TextEncoderConfig":
+        return TextEncoder.from_pretrained(folder)
+    raise CheckpointError(f"{config_path}: not a text encoder, BERT or T5 folder")
