@@ -11,12 +11,15 @@ No learned model: plain image analysis that knows the shapes world's palette and
    ring-shaped component of some other colour.
 3. **Objects** — 4-connected components of the foreground; components smaller than a fraction
    of a small object are noise and dropped.
-4. **Attributes** — colour: nearest object colour to the median of the component's interior.
-   Shape: each candidate shape is placed by the component's moments (its area sets the side,
-   its centroid the position) and the one with the best IoU wins. Moments, unlike the bounding
-   box, barely move when JPEG or blur adds a stray pixel or eats a triangle's apex.
-   Size: the fitted side against the geometric mean of the small and large sides.
-   Position: the 3×3 cell of the fitted box's centre.
+4. **Attributes** — colour: the median of the component's interior, named by the object colour
+   whose blend with the background passes nearest (a blurred or faint white object on navy is
+   a grayish blue, which is a white–navy blend, not purple).
+   Geometry comes from the object's *coverage* (how much of its colour each pixel holds, as a
+   blend with the background), whose area, centroid and third moment a blur leaves unchanged —
+   unlike a bounding box or a thresholded outline, which JPEG, blur or a VQ round trip bend.
+   Shape: a bottom-heavy y-skew means triangle; otherwise circle or square by soft IoU with the
+   renderer's outline placed by area and centroid. Size: the fitted side against the geometric
+   mean of the small and large sides. Position: the 3×3 cell of the fitted box's centre.
 
 Everything here is a pure function of its inputs.
 """
@@ -126,35 +129,80 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
 
 
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Grow a mask by ``steps`` pixels (4-neighbourhood)."""
+    for _ in range(steps):
+        padded = np.pad(mask, 1)
+        mask = mask | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    return mask
+
+
+def _coverage(pixels: np.ndarray, background: np.ndarray, colour: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(H, W) fraction in [0, 1] of ``colour`` in each pixel, read as a blend with the background.
+
+    A blur moves coverage around but keeps its total and its centroid, so moments of this map
+    describe the object as drawn, however soft its edges came out.
+    """
+    direction = colour - background  # (3,)
+    alpha = (pixels - background) @ direction / float(direction @ direction)  # (H, W)
+    return np.where(region, np.clip(alpha, 0.0, 1.0), 0.0)
+
+
+# Third central moment of a triangle's coverage along y, per unit area, in units of side³:
+# its width grows linearly downwards, so v ~ 2v on [0, 1] and E[(v - 2/3)³] = -1/135.
+# Circles and squares have 0. A symmetric blur adds nothing to it (cumulants add), which makes it
+# the blur-proof way to tell a triangle from a blob. Cutting the coverage off a few pixels out
+# loses some of a heavily blurred triangle's skew (a ×4 down-and-up resample keeps 35–85 % of it
+# while circles and squares stay within ±8 %), hence a threshold at a quarter.
+_TRIANGLE_SKEW = -1 / 135
+_TRIANGLE_SKEW_THRESHOLD = 0.25 * _TRIANGLE_SKEW
+
+
 @dataclass(frozen=True)
 class _Fit:
     shape: str
-    iou: float
     side: float  # pixels
     center: tuple[float, float]  # (x, y) of the fitted box, pixels
 
 
-def _fit_shape(component: np.ndarray) -> _Fit:
-    """The shape whose renderer outline, placed by the blob's area and centroid, overlaps it best."""
-    ys, xs = np.nonzero(component)
-    area = len(xs)
-    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5  # centroid, pixel-centre coordinates
-    best: Optional[_Fit] = None
-    for shape in SHAPES:
+def _fit_shape(coverage: np.ndarray) -> _Fit:
+    """Shape, side and box centre of one object's coverage map.
+
+    Area and centroid fix the side and place each candidate outline; the y-skew picks out
+    triangles, and circle against square goes to the better soft IoU with the renderer's outline.
+    """
+    h, w = coverage.shape
+    y = np.arange(h) + 0.5  # pixel centres
+    x = np.arange(w) + 0.5
+    area = float(coverage.sum())
+    profile_y, profile_x = coverage.sum(1), coverage.sum(0)  # (H,), (W,)
+    cx, cy = float(profile_x @ x) / area, float(profile_y @ y) / area
+    skew = float(profile_y @ (y - cy) ** 3) / area / (area / SHAPE_FILL["triangle"]) ** 1.5
+
+    def placed(shape: str) -> tuple[float, float, float]:  # side, box top-left x, y
         side = float(np.sqrt(area / SHAPE_FILL[shape]))
-        box_x, box_y = cx - side / 2, cy - side / 2 - SHAPE_CENTROID_DROP[shape] * side  # top-left
-        # Evaluate on a window around both the blob and the template, at pixel centres.
-        y0, y1 = max(0, min(ys.min(), int(box_y) - 1)), min(component.shape[0], max(ys.max() + 1, int(box_y + side) + 2))
-        x0, x1 = max(0, min(xs.min(), int(box_x) - 1)), min(component.shape[1], max(xs.max() + 1, int(box_x + side) + 2))
-        v = (np.arange(y0, y1)[:, None] + 0.5 - box_y) / side  # (h, 1)
-        u = (np.arange(x0, x1)[None, :] + 0.5 - box_x) / side  # (1, w)
-        template = shape_inside(shape, u, v)
-        crop = component[y0:y1, x0:x1]
-        iou = float(np.logical_and(crop, template).sum() / np.logical_or(crop, template).sum())
-        if best is None or iou > best.iou:
-            best = _Fit(shape, iou, side, (box_x + side / 2, box_y + side / 2))
-    assert best is not None
-    return best
+        return side, cx - side / 2, cy - side / 2 - SHAPE_CENTROID_DROP[shape] * side
+
+    if skew < _TRIANGLE_SKEW_THRESHOLD:
+        shape = "triangle"
+    else:
+        best_iou = -1.0
+        for candidate in ("circle", "square"):
+            side, box_x, box_y = placed(candidate)
+            outline = shape_inside(candidate, (x[None, :] - box_x) / side, (y[:, None] - box_y) / side)
+            iou = np.minimum(coverage, outline).sum() / np.maximum(coverage, outline).sum()
+            if iou > best_iou:
+                shape, best_iou = candidate, iou
+    side, box_x, box_y = placed(shape)
+    return _Fit(shape, side, (box_x + side / 2, box_y + side / 2))
+
+
+def _name_colour(rgb: np.ndarray, background: np.ndarray) -> str:
+    """The object colour ``c`` whose segment background→c passes nearest to ``rgb``."""
+    direction = _OBJECT_RGB - background  # (K, 3)
+    alpha = np.clip(((rgb - background) * direction).sum(-1) / (direction**2).sum(-1), 0.0, 1.0)  # (K,)
+    blends = background + alpha[:, None] * direction  # (K, 3)
+    return _OBJECT_NAMES[int(np.argmin(((blends - rgb) ** 2).sum(-1)))]
 
 
 def read_background(image: Union[Image.Image, np.ndarray]) -> str:
@@ -181,7 +229,8 @@ def read_scene(
     background = np.median(_border(pixels), axis=0)  # (3,)
     dist_bg = ((pixels - background) ** 2).sum(-1)  # (H, W)
     dist_obj = ((pixels[:, :, None, :] - _OBJECT_RGB) ** 2).sum(-1).min(-1)  # (H, W)
-    labels, n = connected_components(dist_obj < dist_bg)
+    foreground = dist_obj < dist_bg
+    labels, n = connected_components(foreground)
 
     areas = np.bincount(labels.ravel() + 1, minlength=n + 1)[1:]  # (n,)
     smallest_object = 0.5 * (config.small_size * side) ** 2  # a small triangle
@@ -191,15 +240,17 @@ def read_scene(
     for k in np.flatnonzero(areas >= min_area * smallest_object):
         component = labels == k
         ys, xs = np.nonzero(component)
-        fit = _fit_shape(component)
-        # The rim may blend into the background; the interior holds the object's own colour.
+        # The rim blends into the background; the interior holds the object's own colour.
         interior = _erode(component)
-        colour = np.median(pixels[interior if interior.sum() >= 4 else component], axis=0)
+        colour = _name_colour(np.median(pixels[interior if interior.sum() >= 4 else component], axis=0), background)
+        # Coverage counts the faint rim too, but never pixels next to another object.
+        region = _dilate(component, 3) & ~_dilate(foreground & ~component, 1)
+        fit = _fit_shape(_coverage(pixels, background, np.array(COLORS[colour], np.float32), region))
         cx, cy = fit.center[0] / w, fit.center[1] / h
         objects.append(
             ReadObject(
                 shape=fit.shape,
-                color=_OBJECT_NAMES[int(np.argmin(((_OBJECT_RGB - colour) ** 2).sum(-1)))],
+                color=colour,
                 size="large" if fit.side >= size_threshold else "small",
                 cell=(min(max(int(3 * cy), 0), 2), min(max(int(3 * cx), 0), 2)),
                 bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
