@@ -136,6 +136,9 @@ class ShapesConfig(Config):
             )
         if self.edge_anchor + self.jitter >= 1 / 3 or self.jitter >= 1 / 6:
             raise ConfigError(f"edge_anchor={self.edge_anchor} with jitter={self.jitter} leaves its grid cell")
+        # Two large objects in opposite outer cells must keep min_gap, or some scenes cannot be drawn.
+        if 1 - 2 * (self.edge_anchor + self.jitter) - self.large_size < self.min_gap:
+            raise ConfigError("two large objects in opposite cells would be closer than min_gap")
         if not 0 <= self.n_heldout_color_shapes <= len(SHAPES):
             raise ConfigError(f"n_heldout_color_shapes must be in [0, {len(SHAPES)}]")
         if not 0 <= self.n_heldout_relations <= len(_RELATION_SLOTS):
@@ -317,16 +320,15 @@ def _cell_center(cell: tuple[int, int], config: ShapesConfig) -> tuple[float, fl
     return anchors[cell[1]], anchors[cell[0]]  # (x, y)
 
 
-def _make_object(rng: np.random.Generator, cell: tuple[int, int], config: ShapesConfig) -> ShapeObject:
+def _draw_looks(rng: np.random.Generator) -> tuple[str, str, str]:
+    """(shape, colour, size), uniformly."""
+    return SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))], SIZES[rng.integers(len(SIZES))]
+
+
+def _place(rng: np.random.Generator, looks: tuple[str, str, str], cell: tuple[int, int], config: ShapesConfig) -> ShapeObject:
     cx, cy = _cell_center(cell, config)
     dx, dy = rng.uniform(-config.jitter, config.jitter, size=2)
-    return ShapeObject(
-        shape=SHAPES[rng.integers(len(SHAPES))],
-        color=list(COLORS)[rng.integers(len(COLORS))],
-        size=SIZES[rng.integers(len(SIZES))],
-        cell=cell,
-        center=(float(cx + dx), float(cy + dy)),
-    )
+    return ShapeObject(*looks, cell=cell, center=(float(cx + dx), float(cy + dy)))
 
 
 def _separated(a: ShapeObject, b: ShapeObject, config: ShapesConfig) -> bool:
@@ -337,20 +339,27 @@ def _separated(a: ShapeObject, b: ShapeObject, config: ShapesConfig) -> bool:
     return max(gap_x, gap_y) >= config.min_gap
 
 
-def _sample_candidate(rng: np.random.Generator, config: ShapesConfig) -> Optional[Scene]:
-    """One scene from the unconstrained distribution, or None if its two objects collide."""
+def _sample_candidate(rng: np.random.Generator, config: ShapesConfig, n_objects: int) -> Scene:
+    """One scene with ``n_objects`` objects, before the split's held-out constraint."""
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    if rng.random() >= config.p_two_objects:
+    if n_objects == 1:
         cell = (int(rng.integers(3)), int(rng.integers(3)))
-        return Scene((_make_object(rng, cell, config),), background)
+        return Scene((_place(rng, _draw_looks(rng), cell, config),), background)
+
     relation = RELATIONS[rng.integers(len(RELATIONS))]
+    looks_a, looks_b = _draw_looks(rng), _draw_looks(rng)
+    while looks_b[:2] == looks_a[:2]:  # a caption must tell the two apart by colour or shape
+        looks_b = _draw_looks(rng)
+    # Only the layout is redrawn until the objects keep apart, so sizes stay uniform: two large
+    # objects just end up in non-adjacent cells. Opposite outer cells always fit (checked by
+    # ShapesConfig), so this ends quickly.
     pairs = _CELL_PAIRS[relation]
-    cell_a, cell_b = pairs[rng.integers(len(pairs))]
-    a, b = _make_object(rng, cell_a, config), _make_object(rng, cell_b, config)
-    # Two objects must be tellable apart by what a caption names, and must not touch.
-    if (a.color, a.shape) == (b.color, b.shape) or not _separated(a, b, config):
-        return None
-    return Scene((a, b), background, relation)
+    for _ in range(1000):
+        cell_a, cell_b = pairs[rng.integers(len(pairs))]
+        a, b = _place(rng, looks_a, cell_a, config), _place(rng, looks_b, cell_b, config)
+        if _separated(a, b, config):
+            return Scene((a, b), background, relation)
+    raise RuntimeError("could not place two objects apart; the config constrains the layout too tightly")
 
 
 def sample_scene(rng: np.random.Generator, config: ShapesConfig, split: Split = "train") -> Scene:
@@ -362,11 +371,16 @@ def sample_scene(rng: np.random.Generator, config: ShapesConfig, split: Split = 
     want_heldout = split == "heldout"
     if want_heldout and not (heldout.color_shapes or heldout.relations):
         raise ValueError("the heldout split is empty: config holds out no compositions")
+    # Draw the object count first: rejecting whole scenes would favour one-object scenes, which
+    # never collide and are held out less often.
+    n_objects = 2 if rng.random() < config.p_two_objects else 1
+    if want_heldout and not heldout.color_shapes:
+        n_objects = 2  # only a relation can make the scene held out
     for _ in range(10_000):
-        scene = _sample_candidate(rng, config)
-        if scene is not None and heldout.contains(scene) == want_heldout:
+        scene = _sample_candidate(rng, config, n_objects)
+        if heldout.contains(scene) == want_heldout:
             return scene
-    raise RuntimeError("could not sample a scene; the config constrains the layout too tightly")
+    raise RuntimeError(f"could not sample a {split} scene; the held-out definition leaves too little")
 
 
 # --------------------------------------------------------------------------------------
