@@ -1,6 +1,7 @@
 """Shapes world and shapes reader: determinism, held-out split, captions, reading accuracy."""
 
 import io
+import json
 from collections import deque
 
 import numpy as np
@@ -17,9 +18,11 @@ from mmgen.data.shapes import (
     ShapesConfig,
     ShapesDataset,
     heldout_compositions,
+    main,
     parse_caption,
     phrasings,
     render,
+    write_shapes_folder,
 )
 from mmgen.eval.shapes_reader import aggregate, connected_components, evaluate, read_scene, score
 
@@ -80,6 +83,18 @@ def test_torch_dataloader_with_workers_free_collate():
     batches = list(loader)
     assert [len(b) for b in batches] == [4, 4]
     assert batches[0][1]["caption"] == ShapesDataset(length=8)[1]["caption"]
+
+
+def test_write_folder_matches_dataset_and_never_clobbers(tmp_path):
+    out = write_shapes_folder(tmp_path / "shapes", 5, split="heldout", seed=2)
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    ds = ShapesDataset("heldout", seed=2)
+    assert [r["text"] for r in records] == [ds[i]["caption"] for i in range(5)]
+    assert np.array_equal(np.asarray(Image.open(out / records[3]["file_name"])), np.asarray(ds[3]["image"]))
+    assert ShapesConfig.from_json(out / "shapes_config.json") == ShapesConfig()
+    assert main(["--out", str(out), "--n", "2"]) == 1  # exists, no --overwrite
+    assert main(["--out", str(out), "--n", "2", "--overwrite"]) == 0
+    assert len((out / "metadata.jsonl").read_text().splitlines()) == 2
 
 
 # --------------------------------------------------------------------------------------
