@@ -445,81 +445,79 @@ def render(scene: Scene, image_size: int = 64, config: Optional[ShapesConfig] = 
 
 
 def _noun_phrase(obj: ObjectSpec) -> str:
+    """ "a small red circle", "an orange square in the top left": the attributes ``obj`` names."""
     words = [w for w in (obj.size, obj.color, obj.shape) if w]
     article = "an" if words[0][0] in "aeiou" else "a"
-    return " ".join([article, *words])
+    phrase = " ".join([article, *words])
+    return f"{phrase} {POSITION_PHRASES[obj.position]}" if obj.position else phrase
 
 
-def _with_position(obj: ObjectSpec) -> str:
-    return f"{_noun_phrase(obj)} {POSITION_PHRASES[obj.position]}"
+@dataclass(frozen=True)
+class _Template:
+    """A caption form. Fields: ``{a}``, ``{b}`` (noun phrases), ``{rel}``, ``{bg}``.
+
+    A caption names the relation or background exactly when its text has the field, positions
+    when ``positions`` is set; sizes are named or not independently of the template.
+    """
+
+    text: str
+    positions: bool = False
+    told_from_b: bool = False  # "b <converse relation> a": the same picture, from the other object
 
 
-# Each template turns full object specs (a, b) into a caption and the spec of what it names.
-# One-object templates get b=None. Sizes are named or not independently of the template.
-_Template = Callable[[ObjectSpec, Optional[ObjectSpec], str, Optional[str]], tuple[str, SceneSpec]]
+_ONE_OBJECT_TEMPLATES = (
+    _Template("{a}"),
+    _Template("{a}", positions=True),
+    _Template("{a} on a {bg} background"),
+    _Template("{a} on a {bg} background", positions=True),
+    _Template("an image of {a}", positions=True),
+    _Template("there is {a}", positions=True),
+)
+_TWO_OBJECT_TEMPLATES = (
+    _Template("{a} {rel} {b}"),
+    _Template("{a} {rel} {b}", told_from_b=True),
+    _Template("{a} {rel} {b} on a {bg} background"),
+    _Template("an image of {a} {rel} {b}"),
+    _Template("{a} and {b}", positions=True),
+    _Template("{a} and {b}"),
+)
 
 
-def _drop(obj: ObjectSpec, position: bool = True) -> ObjectSpec:
-    return ObjectSpec(obj.shape, obj.color, obj.size, obj.position if position else None)
+def _templates(scene: Scene) -> tuple[_Template, ...]:
+    return _ONE_OBJECT_TEMPLATES if len(scene.objects) == 1 else _TWO_OBJECT_TEMPLATES
 
 
-_ONE_OBJECT_TEMPLATES: list[_Template] = [
-    lambda a, _, bg, __: (_noun_phrase(_drop(a, False)), SceneSpec((_drop(a, False),))),
-    lambda a, _, bg, __: (_with_position(a), SceneSpec((a,))),
-    lambda a, _, bg, __: (
-        f"{_noun_phrase(_drop(a, False))} on a {bg} background",
-        SceneSpec((_drop(a, False),), background=bg),
-    ),
-    lambda a, _, bg, __: (f"{_with_position(a)} on a {bg} background", SceneSpec((a,), background=bg)),
-    lambda a, _, bg, __: (f"an image of {_with_position(a)}", SceneSpec((a,))),
-    lambda a, _, bg, __: (f"there is {_with_position(a)}", SceneSpec((a,))),
-]
-
-_TWO_OBJECT_TEMPLATES: list[_Template] = [
-    lambda a, b, bg, rel: (
-        f"{_noun_phrase(_drop(a, False))} {RELATION_PHRASES[rel]} {_noun_phrase(_drop(b, False))}",
-        SceneSpec((_drop(a, False), _drop(b, False)), rel),
-    ),
-    # The same picture told from the other object: "b right of a".
-    lambda a, b, bg, rel: (
-        f"{_noun_phrase(_drop(b, False))} {RELATION_PHRASES[CONVERSE[rel]]} {_noun_phrase(_drop(a, False))}",
-        SceneSpec((_drop(b, False), _drop(a, False)), CONVERSE[rel]),
-    ),
-    lambda a, b, bg, rel: (
-        f"{_noun_phrase(_drop(a, False))} {RELATION_PHRASES[rel]} {_noun_phrase(_drop(b, False))} "
-        f"on a {bg} background",
-        SceneSpec((_drop(a, False), _drop(b, False)), rel, bg),
-    ),
-    lambda a, b, bg, rel: (f"{_with_position(a)} and {_with_position(b)}", SceneSpec((a, b))),
-    lambda a, b, bg, rel: (
-        f"{_noun_phrase(_drop(a, False))} and {_noun_phrase(_drop(b, False))}",
-        SceneSpec((_drop(a, False), _drop(b, False))),
-    ),
-    lambda a, b, bg, rel: (
-        f"an image of {_noun_phrase(_drop(a, False))} {RELATION_PHRASES[rel]} {_noun_phrase(_drop(b, False))}",
-        SceneSpec((_drop(a, False), _drop(b, False)), rel),
-    ),
-]
-
-
-def _phrase(scene: Scene, template: int, name_size: bool) -> tuple[str, SceneSpec]:
-    full = scene.spec()
-    objs = [o if name_size else ObjectSpec(o.shape, o.color, None, o.position) for o in full.objects]
-    if len(objs) == 1:
-        return _ONE_OBJECT_TEMPLATES[template](objs[0], None, scene.background, None)
-    return _TWO_OBJECT_TEMPLATES[template](objs[0], objs[1], scene.background, scene.relation)
+def _phrase(scene: Scene, template: _Template, name_size: bool) -> tuple[str, SceneSpec]:
+    """The caption ``template`` writes for ``scene``, and the spec of exactly what it names."""
+    objects = [
+        ObjectSpec(o.shape, o.color, o.size if name_size else None, o.position if template.positions else None)
+        for o in scene.objects
+    ]
+    relation = scene.relation
+    if template.told_from_b:
+        objects.reverse()
+        relation = CONVERSE[relation]
+    phrases = [_noun_phrase(o) for o in objects] + [""]
+    text = template.text.format(
+        a=phrases[0], b=phrases[1], rel=RELATION_PHRASES.get(relation, ""), bg=scene.background
+    )
+    spec = SceneSpec(
+        tuple(objects),
+        relation if "{rel}" in template.text else None,
+        scene.background if "{bg}" in template.text else None,
+    )
+    return text, spec
 
 
 def phrasings(scene: Scene) -> list[tuple[str, SceneSpec]]:
     """Every caption the generator can write for ``scene``, each with the spec of what it names."""
-    n = len(_ONE_OBJECT_TEMPLATES if len(scene.objects) == 1 else _TWO_OBJECT_TEMPLATES)
-    return [_phrase(scene, t, name_size) for t in range(n) for name_size in (True, False)]
+    return [_phrase(scene, t, name_size) for t in _templates(scene) for name_size in (True, False)]
 
 
 def caption(scene: Scene, rng: np.random.Generator, p_omit_size: float = 0.2) -> str:
     """A random caption of ``scene``: a random template, sizes left out with ``p_omit_size``."""
-    n = len(_ONE_OBJECT_TEMPLATES if len(scene.objects) == 1 else _TWO_OBJECT_TEMPLATES)
-    template = int(rng.integers(n))
+    templates = _templates(scene)
+    template = templates[rng.integers(len(templates))]
     return _phrase(scene, template, name_size=rng.random() >= p_omit_size)[0]
 
 
