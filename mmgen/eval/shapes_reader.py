@@ -245,7 +245,10 @@ def read_scene(
         colour = _name_colour(np.median(pixels[interior if interior.sum() >= 4 else component], axis=0), background)
         # Coverage counts the faint rim too, but never pixels next to another object.
         region = _dilate(component, 3) & ~_dilate(foreground & ~component, 1)
-        fit = _fit_shape(_coverage(pixels, background, np.array(COLORS[colour], np.float32), region))
+        coverage = _coverage(pixels, background, np.array(COLORS[colour], np.float32), region)
+        if coverage.sum() < 1:  # a blob no blend explains (possible only in odd generated images)
+            coverage = component.astype(np.float32)
+        fit = _fit_shape(coverage)
         cx, cy = fit.center[0] / w, fit.center[1] / h
         objects.append(
             ReadObject(
