@@ -10,6 +10,10 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Test models are tiny and overhead-bound: one intra-op thread is as fast as two and does not
+# collapse when other processes (a second test worker, a training subprocess) share the cores.
+torch.set_num_threads(1)
+
 CAPTIONS = [
     "a small red circle", "a large blue square", "a green triangle in the top left",
     "a yellow circle to the left of a purple square", "a white triangle above an orange circle",
