@@ -180,3 +180,33 @@ def test_tiny_overfit_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.4 * sum(losses[:5]) / 5
+
+
+def _ddp_restart_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # same init on both ranks, as DDP would broadcast
+        model = VQModel(VQConfig(**{**TINY, "restart_every": 2, "codebook_size": 64})).train()
+        torch.manual_seed(100 + rank)  # ranks see different data and hold different RNG states
+        for _ in range(2):
+            model(images(2, seed=rank))
+        assert model.last_metrics["restarted"] > 0
+        torch.save(model.quantizer.codebook.detach().clone(), f"{out_dir}/codebook{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_restart_keeps_ranks_identical_under_distributed(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_restart_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    c0, c1 = torch.load(tmp_path / "codebook0.pt"), torch.load(tmp_path / "codebook1.pt")
+    assert torch.equal(c0, c1)
