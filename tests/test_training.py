@@ -202,6 +202,10 @@ def test_run_exports_a_loadable_model_folder(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in export.iterdir()}
     model, tok = GPT.from_pretrained(export), TextTokenizer.from_pretrained(export)
     assert model.config.vocab_size == tok.vocab_size  # filled from the tokenizer
+    from mmgen.pipelines import TextGenerationPipeline
+
+    out = TextGenerationPipeline.from_pretrained(export)("The king", max_new_tokens=5, seed=0)
+    assert out[0]["generated_text"].startswith("The king")
     rows = read_metrics(tmp_path / "run")
     assert [int(r["step"]) for r in rows if r["loss"]][:3] == [1, 2, 3]
     assert all(float(r["num_processes"]) == 1 for r in rows if r["loss"])
