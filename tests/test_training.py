@@ -47,12 +47,12 @@ def write_corpus(path: Path, n_lines: int = 400) -> Path:
     return path
 
 
-def tiny_gpt_overrides(corpus: Path, out: Path, **train) -> list[str]:
+def tiny_overrides(corpus: Path, out: Path, kind: str = "gpt", **train) -> list[str]:
     # bias=False: an attention key bias gets a true gradient of exactly 0 (softmax ignores a
     # constant shift), so Adam turns its rounding noise into lr-sized steps and any change of
     # summation order (sharding, accumulation) moves it by ~lr. Runs compared at 1e-5 leave it out.
     args = {
-        "model.kind": "gpt", "model.max_len": 16, "model.dim": 32, "model.n_layers": 2, "model.n_heads": 2,
+        "model.kind": kind, "model.max_len": 16, "model.dim": 32, "model.n_layers": 2, "model.n_heads": 2,
         "model.bias": False,
         "data.path": str(corpus), "train.output_dir": str(out), "train.batch_size": 8, "train.max_steps": 12,
         "train.warmup_steps": 2, "train.lr": 1e-2, "train.eval_every": 0, "train.eval_batches": 2,
@@ -187,7 +187,7 @@ def test_sampler_shards_one_global_batch_and_resumes_mid_stream():
 def run_in_process(corpus: Path, out: Path, **train) -> dict:
     from mmgen.training.cli import run
 
-    return run(None, tiny_gpt_overrides(corpus, out, **train))
+    return run(None, tiny_overrides(corpus, out, **train))
 
 
 def test_run_exports_a_loadable_model_folder(tmp_path):
@@ -296,3 +296,26 @@ def test_nan_guard_stops_after_k_in_a_row(tmp_path):
     _, trainer = nan_run(tmp_path, bad_calls={2, 3, 4}, max_bad_steps=3)
     with pytest.raises(TrainingDiverged, match=r"NaN/inf for 3 steps in a row.*max_bad_steps=3"):
         trainer.fit()
+
+
+def test_time_budget_ends_the_run_and_checkpoints_it(tmp_path):
+    corpus = write_corpus(tmp_path / "data/input.txt")
+    out = tmp_path / "run"
+    summary = run_in_process(corpus, out, max_steps=10**6, max_time_s=1.0, checkpoint_every=10**6, log_every=10**6)
+    assert 1.0 <= summary["elapsed_s"] < 30 and 0 < summary["steps"] < 10**6
+    rows = read_metrics(out)
+    assert float([r for r in rows if r["lr"]][-1]["lr"]) == pytest.approx(1e-2 * 0.1, rel=0.2)  # the cosine ran over the time budget
+    assert resolve_checkpoint("latest", out).name == f"step-{summary['steps']:08d}"  # the last step is saved
+
+
+def test_bert_kind_trains_and_exports_for_fill_mask(tmp_path):
+    from mmgen.pipelines import FillMaskPipeline
+    from mmgen.training.cli import run
+
+    corpus = write_corpus(tmp_path / "data/input.txt")
+    args = tiny_overrides(corpus, tmp_path / "run", kind="bert", max_steps=6, sample_every=6)
+    summary = run(None, args + ["--data.tokenizer=wordpiece", "--data.vocab_size=120", "--model.type_vocab_size=0"])
+    assert math.isfinite(summary["val_loss"])
+    assert "filled:" in (tmp_path / "run/samples.txt").read_text()
+    fill = FillMaskPipeline.from_pretrained(tmp_path / "run/model")
+    assert len(fill(f"the king {fill.mask_token} queen", top_k=3)) == 3

@@ -152,10 +152,16 @@ class Trainer:
                     if not (path / "ema.safetensors").is_file():
                         raise FileNotFoundError(f"{path}: no ema.safetensors, but train.ema_decay is set")
                     ema.load(path / "ema.safetensors")
+                consequence = {
+                    "num_processes": "the data order and global batch are unchanged, but per-process RNG "
+                                     "states (dropout) are not all restored",
+                    "seed": "the data order from here on differs",
+                    "batch_size": "the data position is kept (samples seen), the schedule and steps differ",
+                }
                 for key, now in (("num_processes", world), ("seed", cfg.seed), ("batch_size", cfg.batch_size)):
                     if state.get(key) != now:
-                        self._log(f"note: the checkpoint was written with {key}={state.get(key)}, now {now}; "
-                                  f"the run continues but is not the run it would have been", warning=True)
+                        self._log(f"note: the checkpoint was written with {key}={state.get(key)}, now {now}: "
+                                  f"{consequence[key]}", warning=True)
                 resumed_from = str(path)
                 self._log(f"resumed from {path} at step {step} ({samples_seen:,} samples seen)")
 
