@@ -239,6 +239,9 @@ def test_checkpoint_limit_keeps_exactly_the_last_k(tmp_path):
     assert resolve_checkpoint("latest", out).name == "step-00000013"
     state = json.loads((out / "checkpoints/step-00000013/trainer_state.json").read_text())
     assert state["step"] == 13 and state["samples_seen"] == 13 * 8 and state["num_processes"] == 1
+    reset_accelerate()
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume latest"):  # never overwritten silently
+        run_in_process(corpus, out, max_steps=13, checkpoint_every=2, checkpoint_limit=3)
 
 
 class PlantedNaN(nn.Module):

@@ -36,7 +36,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from mmgen.config import ConfigError, atomic_write_text
-from mmgen.training.checkpoints import read_trainer_state, resolve_checkpoint, save_checkpoint
+from mmgen.training.checkpoints import (
+    checkpoint_dir,
+    list_checkpoints,
+    read_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from mmgen.training.config import ExperimentConfig, TrainConfig
 from mmgen.training.ema import EMA
 from mmgen.training.metrics import MetricsLogger
@@ -139,6 +145,12 @@ class Trainer:
 
         step, samples_seen, elapsed, bad_in_a_row = 0, 0, 0.0, 0
         resumed_from = None
+        existing = list_checkpoints(checkpoint_dir(out))
+        if not resume and existing:
+            raise ConfigError(
+                f"train.output_dir={out} already holds checkpoints (newest: {existing[-1][1].name}); continue "
+                f"with --resume latest, or pick another train.output_dir (nothing there is overwritten)"
+            )
         if resume:
             path = resolve_checkpoint(resume, out)
             if path is None:

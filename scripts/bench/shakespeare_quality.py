@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
+from accelerate import PartialState
 
 from mmgen.models.gpt import GPT
 from mmgen.sampling import generate
@@ -47,17 +49,20 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=840.0, help="training wall time (train.max_time_s)")
     parser.add_argument("--target", type=float, default=1.88, help="validation loss to beat")
     parser.add_argument("--output-dir", default="runs/bench_shakespeare_char")
+    parser.add_argument("--overwrite", action="store_true", help="delete the output folder of an earlier run first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args, overrides = parser.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
+    state = PartialState()
+    if args.overwrite and state.is_main_process:
+        shutil.rmtree(out, ignore_errors=True)
+    state.wait_for_everyone()
     summary = run(args.config, [*overrides, f"--train.output_dir={out}", f"--train.max_time_s={args.budget_s}",
                                 "--train.max_steps=1000000"], resume=None)
     wall = time.perf_counter() - START
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
+    if not state.is_main_process:  # under `accelerate launch`, one process reports
         return 0
 
     with open(out / "metrics.csv", newline="") as f:
