@@ -71,7 +71,8 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross[layer] = (k, v)
         else:
-            q, k, v = (self._split_heads(t) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, Dh) each
+            qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, Dh) each
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:

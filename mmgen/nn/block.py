@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
@@ -32,7 +33,7 @@ class TransformerBlock(nn.Module):
         if c.cross_attention:
             self.cross_norm, self.cross_attn = norm(), attention(cross=True)
         self.ffn_norm, self.ffn = norm(), make_ffn(c.dim, c.d_ffn, c.activation, c.bias, c.dropout)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = c.dropout  # on each residual branch, in training only
 
     def forward(
         self,
@@ -46,15 +47,18 @@ class TransformerBlock(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D)."""
-        sublayers = [(self.attn_norm, lambda h: self.attn(h, bias, is_causal, rope, cache=cache, layer=layer))]
-        if hasattr(self, "cross_attn"):
-            sublayers.append(
-                (self.cross_norm, lambda h: self.cross_attn(h, context_bias, context=context, cache=cache, layer=layer))
-            )
-        sublayers.append((self.ffn_norm, self.ffn))
-        for norm, f in sublayers:
-            if self.pre_norm:
-                x = x + self.dropout(f(norm(x)))
-            else:
-                x = norm(x + self.dropout(f(x)))
-        return x
+        # Written out sublayer by sublayer (no closures, no dropout call when it is off): while
+        # decoding one token this forward runs once per layer per step, and Python overhead counts.
+        cross = hasattr(self, "cross_attn")
+        if self.pre_norm:
+            x = x + self._drop(self.attn(self.attn_norm(x), bias, is_causal, rope, cache=cache, layer=layer))
+            if cross:
+                x = x + self._drop(self.cross_attn(self.cross_norm(x), context_bias, context=context, cache=cache, layer=layer))
+            return x + self._drop(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self._drop(self.attn(x, bias, is_causal, rope, cache=cache, layer=layer)))
+        if cross:
+            x = self.cross_norm(x + self._drop(self.cross_attn(x, context_bias, context=context, cache=cache, layer=layer)))
+        return self.ffn_norm(x + self._drop(self.ffn(x)))
+
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h, self.dropout, training=True) if self.dropout and self.training else h

@@ -26,6 +26,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 GATED = {"geglu", "geglu_tanh", "swiglu"}
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # skip the call entirely when off: a decode step runs this once per layer
+    return F.dropout(x, p, training=True) if p and training else x
+
+
 class MLP(nn.Module):
     """x -> act(x W_in) W_out  (GPT-2, BERT, T5 v1.0)."""
 
@@ -34,10 +39,10 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(dim, hidden, bias=bias)
         self.fc_out = nn.Linear(hidden, dim, bias=bias)
         self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.dropout(self.act(self.fc_in(x))))
+        return self.fc_out(_dropout(self.act(self.fc_in(x)), self.dropout, self.training))
 
 
 class GatedMLP(nn.Module):
@@ -49,10 +54,10 @@ class GatedMLP(nn.Module):
         self.fc_up = nn.Linear(dim, hidden, bias=bias)
         self.fc_out = nn.Linear(hidden, dim, bias=bias)
         self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.dropout(self.act(self.fc_gate(x)) * self.fc_up(x)))
+        return self.fc_out(_dropout(self.act(self.fc_gate(x)) * self.fc_up(x), self.dropout, self.training))
 
 
 def make_ffn(dim: int, hidden: int, activation: str, bias: bool, dropout: float) -> nn.Module:

@@ -1,8 +1,10 @@
 """A preallocated key/value cache, owned by the caller (the sampler), never by a model.
 
-All layers' keys and values live in two tensors allocated once for the longest sequence, so a
-decode step writes one slice per layer and allocates nothing. Cross-attention keys/values (of
-the text context, which never changes during sampling) are computed once and kept per layer.
+Each layer's keys and values live in tensors allocated once for the longest sequence, so a
+decode step writes one slice per layer and allocates nothing. One (B, H, max_len, Dh) tensor
+per layer, rather than one 5-D tensor for all layers, keeps the per-step indexing to a single
+slice. Cross-attention keys/values (of the text context, which never changes during sampling)
+are computed once and kept per layer.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        shape = (n_layers, batch_size, n_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H, max_len, Dh)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # L × (B, H, max_len, Dh)
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0  # number of positions already written (the same for every row)
         self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
@@ -40,9 +42,10 @@ class KVCache:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions needed, cache holds {self.max_len}")
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self.k[layer], self.v[layer]
+        keys[:, :, self.pos : end] = k
+        values[:, :, self.pos : end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n: int) -> None:
         """Called by the trunk once every layer has written its n new positions."""

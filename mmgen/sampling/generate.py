@@ -74,18 +74,20 @@ def generate(
     )
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     history = input_ids  # tokens seen so far, for the repetition penalty
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    # Only track finished rows when there is an EOS to finish on: the check reads a tensor back
+    # into Python (a device sync on GPU) and costs a few ops per step.
+    finished = torch.zeros(B, dtype=torch.bool, device=device) if eos_token_id is not None else None
     for step in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return out[:, :step]
         token = draw(process(logits[:, -1], params, history if repetition_penalty != 1.0 else None), params, generators)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        out[:, step] = token
-        if eos_token_id is not None:
+        if finished is not None:
+            token = token.masked_fill(finished, pad_token_id)
             finished |= token == eos_token_id
+        out[:, step] = token
         if callback is not None:
             callback(step, out[:, : step + 1])
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
             return out[:, : step + 1]
         if repetition_penalty != 1.0:
             history = torch.cat([history, token[:, None]], dim=1)

@@ -81,7 +81,8 @@ def process(logits: torch.Tensor, params: SamplingParams, previous: Optional[tor
         logits = repetition_penalty(logits, previous, params.repetition_penalty)
     if params.greedy:
         return logits
-    logits = logits / params.temperature
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
     return top_p_filter(top_k_filter(logits, params.top_k), params.top_p)
 
 
