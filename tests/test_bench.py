@@ -1,0 +1,140 @@
+"""The speed benchmarks in smoke shapes: they run, give well-formed results, and say when a peer is missing.
+
+Timings are not checked (they are benchmarks, not tests); the peers (transformers,
+dalle-pytorch) are optional, so every benchmark also runs with its peer hidden.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+import image_sampling  # noqa: E402
+import text_decode  # noqa: E402
+import text_encoder  # noqa: E402
+import train_step  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    yield
+    torch.set_num_threads(1)  # the benchmarks set their own thread count; restore the suite's
+
+
+@pytest.fixture
+def no_peers(monkeypatch):
+    """Make transformers and dalle_pytorch fail to import, as on a machine without the dev extras."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] in ("transformers", "dalle_pytorch"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(_common.importlib, "import_module", lambda name: fake_import(name))
+
+
+def _well_formed(results, n, peer_expected):
+    assert len(results) == n
+    for r in results:
+        assert isinstance(r, _common.Result)
+        assert r.bench and r.case and r.unit.endswith("/s")
+        assert math.isfinite(r.mmgen) and r.mmgen > 0
+        if peer_expected:
+            assert r.peer is not None and r.peer > 0 and r.ratio == pytest.approx(r.mmgen / r.peer)
+        else:
+            assert r.peer is None and r.ratio is None
+    table = _common.format_table(results)
+    assert table.count("\n| ") == n + 1  # separator + one row per result
+    return table
+
+
+def _has(module: str) -> bool:
+    try:
+        _common.try_import(module)
+    except Exception:
+        return False
+    return module in sys.modules
+
+
+@pytest.mark.parametrize("with_peer", [True, False])
+def test_text_decode_smoke(with_peer):
+    if with_peer:
+        pytest.importorskip("transformers")
+    results = text_decode.run(batches=(1, 2), threads=1, repeats=1, warmup=0, smoke=True, with_peer=with_peer)
+    _well_formed(results, 2, with_peer)
+
+
+def test_text_decode_copies_the_peer_weights():
+    pytest.importorskip("transformers")
+    ours, peer = text_decode.build(text_decode.SMOKE)
+    ids = torch.randint(0, text_decode.SMOKE["vocab_size"], (2, 6))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids)[0], peer(ids).logits, atol=1e-4)
+
+
+def test_text_encoder_smoke_and_same_weights():
+    pytest.importorskip("transformers")
+    _well_formed(text_encoder.run(threads=1, repeats=1, warmup=0, smoke=True), 2, True)
+    ours, peer = text_encoder.build(text_encoder.SMOKE)
+    ids, mask = text_encoder.inputs(text_encoder.SMOKE)
+    with torch.no_grad():
+        theirs = peer(input_ids=ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        assert torch.allclose(ours.eval()(ids, mask)[0][real], theirs[real], atol=1e-4)
+
+
+def test_image_sampling_smoke():
+    with_peer = _has("dalle_pytorch")
+    results = image_sampling.run(batches=(1,), scales=(1.0, 3.0), threads=1, repeats=1, warmup=0, smoke=True, with_peer=with_peer)
+    _well_formed(results, 2, with_peer)
+
+
+def test_train_step_smoke_with_memory():
+    with_peer = _has("transformers")
+    results = train_step.run(kinds=("gpt",), threads=1, repeats=1, warmup=0, smoke=True, memory=True, with_peer=with_peer)
+    _well_formed(results, 1, with_peer)
+    memory = {k: v for k, v in results[0].extra.items() if k.startswith("peak memory")}
+    assert len(memory) == (2 if with_peer else 1)
+    assert all(v.endswith(")") and "MB" in v for v in memory.values())
+
+
+def test_train_step_t2i_smoke():
+    with_peer = _has("dalle_pytorch")
+    _well_formed(train_step.run(kinds=("t2i",), threads=1, repeats=1, warmup=0, smoke=True, memory=False, with_peer=with_peer), 1, with_peer)
+
+
+def test_missing_peers_print_how_to_install(no_peers, capsys):
+    text_decode.run(batches=(1,), threads=1, repeats=1, warmup=0, smoke=True)
+    out = capsys.readouterr().out
+    assert "peer not installed: transformers (pip install transformers)" in out
+    assert "not installed" in out  # the table says so too
+
+    results = image_sampling.run(batches=(1,), scales=(1.0,), threads=1, repeats=1, warmup=0, smoke=True)
+    out = capsys.readouterr().out
+    assert "peer not installed: dalle_pytorch" in out and "--no-deps dalle-pytorch==1.6.6" in out
+    _well_formed(results, 1, peer_expected=False)
+
+    results = train_step.run(kinds=("gpt", "t2i"), threads=1, repeats=1, warmup=0, smoke=True, memory=False)
+    _well_formed(results, 2, peer_expected=False)
+    _well_formed(text_encoder.run(threads=1, repeats=1, warmup=0, smoke=True), 2, peer_expected=False)
+
+
+def test_mmgen_bench_cli(capsys):
+    from mmgen.cli import main
+
+    assert main(["bench", "text_encoder", "--smoke", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "torch " in out and "| text encoder |" in out
+    with pytest.raises(SystemExit):
+        main(["bench", "no_such_benchmark"])
