@@ -252,7 +252,7 @@ def test_stop_endpoint_ends_a_run_within_a_step(server):
         while not any(o and str(o[1]).startswith("Sampling") for o in job.outputs()):
             assert time.monotonic() - started < 20
             time.sleep(0.01)
-        assert c.predict(api_name="/stop").startswith("Stopped 1 running")
+        assert c.predict(api_name="/stop") == "Stopped 1 running generation(s)."
         frames = list(job)
     finally:
         hook.remove()

@@ -39,6 +39,7 @@ API_NAMES = (
 )
 CSS = """
 .pixelated img { image-rendering: pixelated; }
+.enlarge img { width: 100%; height: 100%; object-fit: contain; }
 footer { display: none !important; }
 """
 
@@ -142,12 +143,13 @@ def build_app(
                         t_status = gr.Markdown(elem_id="t2i-status")
                         with gr.Row():
                             t_reuse = gr.Button("♻️ Reuse seed of the selected image", size="sm")
-                        t_info = gr.JSON(label="Generation info", open=False)
+                        with gr.Accordion("Generation info", open=False):
+                            t_info = gr.JSON(show_label=False)
                         with gr.Accordion("Attention: where each prompt word steered the image", open=False):
                             a_image = gr.Image(
                                 label="Image (select one in the gallery, or upload a PNG)", type="filepath",
                                 image_mode=None, format="png", sources=["upload"], height=200,
-                                elem_classes="pixelated",
+                                elem_classes=["pixelated", "enlarge"],
                             )
                             a_prompt = gr.Textbox(label="Prompt (empty: the one stored in the image)", lines=1)
                             a_go = gr.Button("Show attention per word")
@@ -162,7 +164,7 @@ def build_app(
                     with gr.Column(scale=2):
                         c_image = gr.Image(
                             label="Start image", type="pil", image_mode="RGB", format="png",
-                            sources=["upload", "clipboard"], height=220, elem_classes="pixelated",
+                            sources=["upload", "clipboard"], height=220, elem_classes=["pixelated", "enlarge"],
                         )
                         c_rows = gr.Slider(
                             0, s.grid_rows - 1, value=s.grid_rows // 2, step=1,
@@ -175,7 +177,8 @@ def build_app(
                     with gr.Column(scale=3):
                         c_gallery = _gallery("Completions", "complete-gallery")
                         c_status = gr.Markdown()
-                        c_info = gr.JSON(label="Generation info", open=False)
+                        with gr.Accordion("Generation info", open=False):
+                            c_info = gr.JSON(show_label=False)
 
             # ---- PNG info --------------------------------------------------------------------
             with gr.Tab("PNG info", id="png_info"):
@@ -183,12 +186,12 @@ def build_app(
                     with gr.Column():
                         p_image = gr.Image(
                             label="A PNG made by mmgen (or AUTOMATIC1111)", type="filepath", image_mode=None,
-                            format="png", sources=["upload"], height=260, elem_classes="pixelated",
+                            format="png", sources=["upload"], height=260, elem_classes=["pixelated", "enlarge"], elem_id="png-info-image",
                         )
                     with gr.Column():
-                        p_text = gr.Textbox(label="parameters", lines=4, interactive=False)
+                        p_text = gr.Textbox(label="parameters", lines=4, interactive=False, elem_id="png-info-text")
                         p_json = gr.JSON(label="Parsed parameters")
-                        p_send = gr.Button("Send to Text to image")
+                        p_send = gr.Button("Send to Text to image", elem_id="png-info-send")
 
             # ---- text generation -------------------------------------------------------------
             with gr.Tab("Text generation", id="text"):
@@ -203,7 +206,7 @@ def build_app(
                         g_topk = gr.Slider(0, 200, value=40, step=1, label="Top-k (0 = off)")
                         g_topp = gr.Slider(0.05, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
                         g_rep = gr.Slider(1, lim.max_repetition_penalty, value=1.1, step=0.01, label="Repetition penalty")
-                        g_seed = _seed_row("text")
+                        g_seed = _seed_row("text", "Seed (-1 = random)")
                         with gr.Row():
                             g_go = gr.Button("Generate", variant="primary", elem_id="text-generate")
                             g_stop = gr.Button("Stop", variant="stop")
@@ -239,7 +242,8 @@ def build_app(
             # ---- history ---------------------------------------------------------------------
             with gr.Tab("History", id="history"):
                 with gr.Row():
-                    h_query = gr.Textbox(label="Search prompts and outputs (empty: everything, newest first)", scale=4)
+                    h_query = gr.Textbox(label="Search prompts and outputs (empty: everything, newest first)", scale=4,
+                                         elem_id="history-query")
                     h_mode = gr.Radio(list(SEARCH_MODES), value="hybrid", label="Search", scale=2)
                     h_kind = gr.Dropdown(["all", *KINDS], value="all", label="Kind", scale=1)
                     h_go = gr.Button("Search", variant="primary", scale=1, elem_id="history-search")
@@ -249,12 +253,15 @@ def build_app(
                     h_next = gr.Button("Older ▶", size="sm")
                     h_info = gr.Markdown()
                 h_gallery = _gallery("Images on this page", "history-gallery", columns=6)
-                h_table = gr.Dataframe(headers=HISTORY_HEADERS, label="Records", interactive=False, wrap=True)
+                h_table = gr.Dataframe(
+                    headers=HISTORY_HEADERS, label="Records", interactive=False, wrap=True, elem_id="history-table",
+                    column_widths=["5%", "14%", "8%", "7%", "26%", "11%", "6%", "15%", "8%"],
+                )
                 with gr.Row():
-                    h_id = gr.Number(label="Record id (click a row or an image)", precision=0, scale=1)
+                    h_id = gr.Number(label="Record id (click a row or an image)", precision=0, scale=1, elem_id="history-id")
                     h_up = gr.Button("👍", size="sm")
                     h_down = gr.Button("👎", size="sm")
-                    h_restore = gr.Button("Restore parameters", size="sm")
+                    h_restore = gr.Button("Restore parameters", size="sm", elem_id="history-restore")
                     h_delete = gr.Button("🗑️ Delete record and files", size="sm", variant="stop")
                 h_detail = gr.JSON(label="Record", open=False)
                 h_gallery_ids = gr.State([])  # record id of each gallery image
@@ -295,13 +302,27 @@ def build_app(
         c_event = c_go.click(complete, c_inputs, [c_gallery, c_status, c_info, c_results], api_name="complete", **model_event)
 
         def stop(request: gr.Request) -> str:
-            """Stop this session's running generations (each ends within one sampling step)."""
+            """Stop this session's running generations; each ends within one sampling step."""
             _, session = _who(request, auth_on)
             n = s.stop(session)
-            return f"Stopped {n} running generation(s); nothing unfinished was saved." if n else "Nothing was running."
+            return f"Stopped {n} running generation(s)." if n else "Nothing was running."
 
-        t_stop.click(stop, None, t_status, queue=False, api_name="stop", cancels=[t_event])
-        c_stop.click(stop, None, c_status, queue=False, api_visibility="private", cancels=[c_event])
+        gr.api(stop, api_name="stop")
+
+        def stop_quietly(request: gr.Request) -> None:
+            stop(request)
+
+        def stop_button(button: gr.Button, event, status: gr.Markdown, message: str) -> None:
+            # The button both cancels the Gradio event (and anything of it still queued) and sets
+            # the run's stop flag, so sampling ends within one step instead of at the next preview.
+            # The message comes from a second step: a cancelling event that writes to an output of
+            # the event it cancels makes the page show "Error" there.
+            button.click(stop_quietly, None, None, queue=False, cancels=[event], api_visibility="private").then(
+                lambda: message, None, status, queue=False, api_visibility="private"
+            )
+
+        stop_button(t_stop, t_event, t_status, "Stopped; the unfinished images were not saved.")
+        stop_button(c_stop, c_event, c_status, "Stopped; the unfinished images were not saved.")
 
         def select_image(results, evt: gr.SelectData):
             if not results or evt.index is None or evt.index >= len(results):
@@ -363,7 +384,7 @@ def build_app(
         g_inputs = [g_prompt, g_max, g_temp, g_topk, g_topp, g_rep, g_seed]
         g_event = gr.on([g_go.click, g_prompt.submit], generate_text, g_inputs, [g_out, g_status],
                         api_name="generate_text", **model_event)
-        g_stop.click(stop, None, g_status, queue=False, api_visibility="private", cancels=[g_event])
+        stop_button(g_stop, g_event, g_status, "Stopped; this unfinished text was not saved.")
 
         # ---- mask filling ------------------------------------------------------------------
 
@@ -529,10 +550,9 @@ def _image_form(prefix: str, s: Studio, defaults: dict) -> dict[str, gr.componen
     return form
 
 
-def _seed_row(prefix: str) -> gr.Number:
+def _seed_row(prefix: str, label: str = "Seed (-1 = random; image i uses seed + i)") -> gr.Number:
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random; image i uses seed + i)",
-                         elem_id=f"{prefix}-seed", scale=4)
+        seed = gr.Number(value=-1, precision=0, label=label, elem_id=f"{prefix}-seed", scale=4)
         dice = gr.Button("🎲", size="sm", scale=0, min_width=50)
     dice.click(lambda: -1, None, seed, queue=False, api_visibility="private")
     return seed
@@ -542,7 +562,7 @@ def _gallery(label: str, elem_id: str, columns: int = 4) -> gr.Gallery:
     # PNG, not Gradio's default WEBP: pixels stay exact and the parameters text chunks survive.
     return gr.Gallery(
         label=label, format="png", columns=columns, object_fit="contain", height="auto", elem_id=elem_id,
-        elem_classes="pixelated", buttons=["download", "download_all", "fullscreen"], interactive=False,
+        elem_classes=["pixelated", "enlarge"], buttons=["download", "download_all", "fullscreen"], interactive=False,
     )
 
 
