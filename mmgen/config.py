@@ -124,12 +124,7 @@ class Config:
     @classmethod
     def from_json(cls: type[C], path: str | os.PathLike) -> C:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         name = data.pop("_class", cls.__name__)
         if name != cls.__name__:
             raise ConfigError(f"{path}: holds a {name}, expected a {cls.__name__}")
@@ -137,6 +132,20 @@ class Config:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = ConfigError, hint: str = "") -> dict[str, Any]:
+    """Read a JSON object; a missing file, bad JSON or a non-object raises ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing{hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

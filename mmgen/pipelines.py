@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 
 from .checkpoint import CheckpointError
+from .config import read_json
 from .sampling import SamplingParams, generate
 from .sampling.streaming import stream
 from .text.tokenizer import TextTokenizer
@@ -46,12 +47,7 @@ def load_text_model(folder: str | os.PathLike):
 
     folder = Path(folder)
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing (is {folder} a model folder?)")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    data = read_json(config_path, CheckpointError, f" (is {folder} a model folder?)")
     if "model_type" in data:
         return load_hf(folder)
     classes = {"GPTConfig": GPT, "BERTConfig": BERT}
@@ -59,6 +55,14 @@ def load_text_model(folder: str | os.PathLike):
     if cls is None:
         raise CheckpointError(f"{config_path}: holds a {data.get('_class')!r}, expected one of {sorted(classes)}")
     return cls.from_pretrained(folder).eval()
+
+
+def _load_text_pipeline_parts(folder: str | os.PathLike, expected: str, purpose: str):
+    """The model (of class ``expected``) and tokenizer of a text model folder."""
+    model = load_text_model(folder)
+    if type(model).__name__ != expected:
+        raise CheckpointError(f"{folder}: holds a {type(model).__name__}, {purpose} needs a {expected}")
+    return model, TextTokenizer.from_pretrained(folder)
 
 
 def _check_prompt(prompt: Any) -> str:
@@ -78,10 +82,7 @@ class TextGenerationPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "TextGenerationPipeline":
-        model = load_text_model(folder)
-        if type(model).__name__ != "GPT":
-            raise CheckpointError(f"{folder}: holds a {type(model).__name__}, text generation needs a GPT")
-        return cls(model, TextTokenizer.from_pretrained(folder))
+        return cls(*_load_text_pipeline_parts(folder, "GPT", "text generation"))
 
     def _encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
         ids = self.tokenizer.encode(_check_prompt(prompt), add_special_tokens=False)
@@ -163,10 +164,7 @@ class FillMaskPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "FillMaskPipeline":
-        model = load_text_model(folder)
-        if type(model).__name__ != "BERT":
-            raise CheckpointError(f"{folder}: holds a {type(model).__name__}, mask filling needs a BERT")
-        return cls(model, TextTokenizer.from_pretrained(folder))
+        return cls(*_load_text_pipeline_parts(folder, "BERT", "mask filling"))
 
     @property
     def mask_token(self) -> str:
@@ -277,12 +275,7 @@ class TextToImagePipeline:
         if not folder.is_dir():
             raise CheckpointError(f"bundle folder not found: {folder}")
         index_path = folder / BUNDLE_INDEX
-        if not index_path.is_file():
-            raise CheckpointError(f"{index_path}: missing; a bundle holds {BUNDLE_INDEX} and component folders")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{index_path}: not valid JSON ({e})") from None
+        index = read_json(index_path, CheckpointError, f"; a bundle holds {BUNDLE_INDEX} and component folders")
         if index.get("format_version", 0) > BUNDLE_FORMAT:
             raise CheckpointError(f"{index_path}: format {index['format_version']} is newer than this mmgen reads ({BUNDLE_FORMAT})")
         pipe = cls(

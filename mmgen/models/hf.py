@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..checkpoint import CheckpointError, load_state_strict, read_safetensors
-from ..config import BERTConfig, GPTConfig, TextEncoderConfig
+from ..config import BERTConfig, GPTConfig, TextEncoderConfig, read_json
 from .bert import BERT
 from .gpt import GPT
 from .text_encoder import TextEncoder
@@ -33,13 +33,7 @@ _HF_ACTIVATIONS = {
 
 def _read_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; not a Hugging Face model folder")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    hf_config = read_json(folder / "config.json", CheckpointError, "; not a Hugging Face model folder")
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
         state = read_safetensors(folder / "model.safetensors")
@@ -280,10 +274,7 @@ _LOADERS = {"gpt2": load_gpt2, "bert": load_bert, "t5": load_t5_encoder}
 
 def load_hf(folder: str | os.PathLike):
     """Pick the loader from ``model_type`` in the folder's config.json."""
-    config_path = Path(folder) / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; not a Hugging Face model folder")
-    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    model_type = read_json(Path(folder) / "config.json", CheckpointError, "; not a Hugging Face model folder").get("model_type")
     if model_type not in _LOADERS:
         raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported (gpt2, bert, t5)")
     return _LOADERS[model_type](folder)

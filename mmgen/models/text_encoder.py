@@ -54,15 +54,14 @@ def text_encoder_from_bert(bert) -> TextEncoder:
 
 def load_text_encoder(folder) -> TextEncoder:
     """A text encoder from a folder: ours (TextEncoder or BERT) or a local HF T5 / BERT folder."""
-    import json
     from pathlib import Path
 
     from ..checkpoint import CheckpointError
 
+    from ..config import read_json
+
     config_path = Path(folder) / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing (is {folder} a model folder?)")
-    data = json.loads(config_path.read_text(encoding="utf-8"))
+    data = read_json(config_path, CheckpointError, f" (is {folder} a model folder?)")
     if data.get("model_type") == "t5":
         from .hf import load_t5_encoder
 
