@@ -138,3 +138,17 @@ def test_mmgen_bench_cli(capsys):
     assert "torch " in out and "| text encoder |" in out
     with pytest.raises(SystemExit):
         main(["bench", "no_such_benchmark"])
+
+
+def test_dropout_still_applies_in_training_only():
+    """The decode-speed edits skip dropout calls when off; with dropout on, training must still drop."""
+    from mmgen.config import GPTConfig
+    from mmgen.models.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, max_len=16, dim=32, n_layers=2, n_heads=4, dropout=0.5))
+    ids = torch.randint(0, 32, (2, 8))
+    model.train()
+    assert not torch.equal(model(ids)[0], model(ids)[0])
+    model.eval()
+    assert torch.equal(model(ids)[0], model(ids)[0])

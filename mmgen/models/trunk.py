@@ -10,6 +10,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
@@ -34,7 +35,6 @@ class Transformer(nn.Module):
             self.rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, bidirectional=not c.causal)
         self.type_emb = nn.Embedding(c.type_vocab_size, c.dim) if c.type_vocab_size else None
         self.embed_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.embed_norm else None
-        self.dropout = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(c, context_dim) for _ in range(c.n_layers))
         self.final_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.final_norm else None
         self.apply(self._init_weights)
@@ -91,7 +91,8 @@ class Transformer(nn.Module):
             x = x + self.type_emb(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self.dropout(x)
+        if c.dropout and self.training:  # no call at all when off: it would run on every decode step
+            x = F.dropout(x, c.dropout, training=True)
 
         bias, is_causal = self._attention_bias(B, T, past, attention_mask, x)
         context_bias = None

@@ -25,9 +25,11 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
+        # torch.empty, not zeros: a position is always written before it is read (update returns
+        # only [:end]), and filling a large cache with zeros costs as much as several decode steps
         shape = (batch_size, n_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # L × (B, H, max_len, Dh)
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # L × (B, H, max_len, Dh)
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.pos = 0  # number of positions already written (the same for every row)
         self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
