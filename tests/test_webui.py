@@ -345,3 +345,21 @@ def test_only_the_outputs_folder_is_served(server, tmp_path):
     for path in (secret, bundle_weights, demo.studio.db_path, demo.studio.outputs_dir / "history.jsonl",
                  f"{demo.studio.outputs_dir}/../bundle/model_index.json", Path(__file__).resolve()):
         assert _status_of(f"{url}gradio_api/file={path}") in (403, 404), path
+
+
+def test_auth_records_the_user_and_shows_only_their_history(server):
+    from webui.app import build_app
+
+    demo, _, _ = server
+    with serving(build_app(studio=demo.studio, auth_on=True), auth=[("alice", "wonder")]) as url:
+        with pytest.raises(Exception):
+            client(url)  # no login, no API
+        c = client(url, auth=("alice", "wonder"))
+        _, _, infos = _txt2img(c, n=1, seed=77)
+        assert demo.studio.store.get(infos[0]["history_id"]).user == "alice"
+        _, table, _ = c.predict("", "hybrid", "all", 1, api_name="/history_search")
+        assert [row[0] for row in table["data"]] == [infos[0]["history_id"]]
+        assert [row[3] for row in table["data"]] == ["alice"]
+        anonymous_record = demo.studio.fill_mask("the [MASK] sat", 2)["record_id"]  # no user
+        with pytest.raises(AppError, match="belongs to another user"):
+            c.predict(anonymous_record, api_name="/history_delete")
