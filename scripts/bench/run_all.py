@@ -63,10 +63,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             kwargs["memory"] = not args.no_memory
         t0 = time.perf_counter()
         print(f"\n== {name}: {BENCHMARKS[name][1]}", flush=True)
-        results += module.run(**kwargs)
-        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print()
-    print(format_table(results))
+        part = module.run(**kwargs)
+        print(format_table(part), f"\n({time.perf_counter() - t0:.0f} s)", flush=True)
+        results += part
+    print("\n== all results\n" + format_table(results))
     if args.json is not None:
         args.json.write_text(json.dumps({"environment": environment(), "results": [r.to_dict() for r in results]}, indent=2) + "\n")
     return 0
