@@ -35,8 +35,10 @@ WEIGHTS_NAME = "model.safetensors"
 class VQConfig(Config):
     """Shape and training knobs of the VQ tokenizer.
 
-    Defaults are the configuration measured on 64×64 procedural shapes (see
-    ``scripts/vq_experiment.py``): ×8 downsampling gives an 8×8 grid of 64 codes.
+    Defaults target 64×64 procedural shapes with ×8 downsampling: an 8×8 grid of 64 codes, which
+    a transformer trains on quickly. They are the starting point measured with
+    ``scripts/vq_experiment.py``; a few thousand training steps are not yet enough for shapes to
+    survive the round trip exactly (see that script to reproduce and compare).
     """
 
     image_size: int = 64  # side of the square input images (pixels)
