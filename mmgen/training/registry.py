@@ -154,3 +154,4 @@ def sample_bert(model: nn.Module, data: TrainingData, train_cfg, generator: torc
 
 register_kind(ModelKind("gpt", GPTConfig, TextDataConfig, _build_gpt, _build_gpt_data, data_fields=("vocab_size",)))
 register_kind(ModelKind("bert", BERTConfig, MaskedTextDataConfig, _build_bert, _build_bert_data, data_fields=("vocab_size",)))
+import mmgen.training.image_kinds  # noqa: E402,F401  (registers the vq and t2i kinds)

@@ -1,0 +1,231 @@
+"""Image model kinds for the trainer: ``vq`` (the image tokenizer) and ``t2i`` (text-to-image).
+
+``vq`` trains :class:`~mmgen.models.vq.VQModel` on images: the procedural shapes world rendered
+on the fly (seeded, endless), or an image-caption folder (emoji scenes). Items are
+``{"images": (3, H, W) in [-1, 1]}``, which is what ``VQModel.forward(images)`` takes.
+
+``t2i`` trains :class:`~mmgen.models.text_to_image.TextToImage` on a pretokenized codes folder
+(``mmgen data pretokenize``). The caption tokenizer is a small word-level vocabulary trained on
+the folder's captions at start-up (the text encoder's vocabulary size follows from it unless
+the YAML sets ``model.text_vocab_size``). The export is a complete bundle when ``data.vq`` names
+the VQ the codes were made with: ``text_encoder/``, ``image_decoder/``, ``text_tokenizer/``,
+``vq/`` and ``model_index.json``, loadable with ``TextToImagePipeline.from_pretrained``.
+
+Registered by the last line of :mod:`mmgen.training.registry`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from mmgen.config import Config, ConfigError, TextToImageConfig
+from mmgen.models.vq import VQConfig
+from mmgen.training.registry import ModelKind, register_kind
+from mmgen.training.trainer import TrainingData
+
+__all__ = ["CodesDataConfig", "ShapesImagesDataConfig", "T2IModelConfig"]
+
+
+# --------------------------------------------------------------------------------------
+# vq: images
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapesImagesDataConfig(Config):
+    """Images for the VQ: the shapes world rendered on the fly, or an image-caption folder."""
+
+    source: Literal["shapes", "folder"] = "shapes"
+    path: Optional[str] = None  # image-caption folder (metadata.jsonl) when source is "folder"
+    image_size: Optional[int] = None  # pixels per side; default: the model's image_size
+    seed: int = 0  # shapes world seed (validation uses seed + 1)
+    length: int = 1_000_000  # virtual length of the shapes stream (one epoch)
+    val_length: int = 512  # shapes validation images; for a folder, the last val_length items
+
+    def __post_init__(self) -> None:
+        if self.source == "folder" and not self.path:
+            raise ConfigError("data.path is required when data.source is 'folder'")
+        if self.length <= 0 or self.val_length < 0:
+            raise ConfigError("data.length must be positive and data.val_length >= 0")
+
+
+class _ShapesImages(Dataset):
+    """``{"images": tensor}`` items of the shapes world (a pure function of seed and index)."""
+
+    def __init__(self, split: str, seed: int, length: int, image_size: int):
+        from mmgen.data.shapes import ShapesDataset
+
+        self.shapes = ShapesDataset(split=split, seed=seed, length=length, image_size=image_size)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from mmgen.data.folder import image_to_tensor
+
+        return {"images": image_to_tensor(self.shapes[index]["image"])}
+
+
+class _FolderImages(Dataset):
+    def __init__(self, folder: Dataset, indices: range):
+        self.folder, self.indices = folder, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"images": self.folder[self.indices[index]]["image"]}
+
+
+def _build_vq_data(data_cfg: ShapesImagesDataConfig, model_cfg: VQConfig, seed: int) -> TrainingData:
+    size = data_cfg.image_size or model_cfg.image_size
+    if size != model_cfg.image_size:
+        raise ConfigError(f"data.image_size={size} but model.image_size={model_cfg.image_size}")
+    if data_cfg.source == "shapes":
+        train = _ShapesImages("train", data_cfg.seed, data_cfg.length, size)
+        val = _ShapesImages("train", data_cfg.seed + 1, data_cfg.val_length, size) if data_cfg.val_length else None
+        info = {"images": f"shapes world, seed {data_cfg.seed}, {size}x{size}"}
+    else:
+        from mmgen.data.folder import ImageCaptionFolder
+
+        folder = ImageCaptionFolder(data_cfg.path, image_size=size)
+        n_val = min(data_cfg.val_length, len(folder) // 10)
+        train = _FolderImages(folder, range(0, len(folder) - n_val))
+        val = _FolderImages(folder, range(len(folder) - n_val, len(folder))) if n_val else None
+        info = {"images": f"{data_cfg.path} ({len(folder)} images, {n_val} for validation)"}
+    return TrainingData(train=train, val=val, unit="samples", info=info)
+
+
+def _build_vq(cfg: VQConfig) -> nn.Module:
+    from mmgen.models.vq import VQModel
+
+    return VQModel(cfg)
+
+
+# --------------------------------------------------------------------------------------
+# t2i: pretokenized codes + captions
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class T2IModelConfig(TextToImageConfig):
+    """The ``model`` section of a t2i experiment: :class:`TextToImageConfig`'s fields, plus the
+    text vocabulary size, which the caption tokenizer decides when the YAML leaves it out."""
+
+    text_vocab_size: Optional[int] = None  # overrides text_encoder.vocab_size
+
+    def model_config(self) -> TextToImageConfig:
+        encoder = self.text_encoder
+        if self.text_vocab_size is not None:
+            encoder = encoder.replace(vocab_size=self.text_vocab_size)
+        return TextToImageConfig(text_encoder=encoder, image_decoder=self.image_decoder,
+                                 freeze_text_encoder=self.freeze_text_encoder)
+
+
+@dataclass(frozen=True)
+class CodesDataConfig(Config):
+    """A pretokenized codes folder and how to tokenize its captions."""
+
+    path: str = ""  # codes folder (codes.npy, captions.jsonl, meta.json) from `mmgen data pretokenize`
+    vq: Optional[str] = None  # the VQ folder the codes were made with: the export is then a whole bundle
+    tokenizer: Literal["word", "char", "wordpiece", "bpe"] = "word"  # caption tokenizer trained on the captions
+    tokenizer_path: Optional[str] = None  # or an existing tokenizer (folder or tokenizer.json)
+    val_count: int = 1000  # the folder's last val_count items are the validation set
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path is missing: name a codes folder built with `mmgen data pretokenize`")
+        if self.val_count < 0:
+            raise ConfigError(f"data.val_count must be >= 0, got {self.val_count}")
+
+
+class BundleExport:
+    """What the trainer saves next to an exported t2i model (it calls ``.save(folder)``): the
+    caption tokenizer in ``text_tokenizer/`` and, when the VQ is known, ``vq/`` and
+    ``model_index.json``, so that the export is a bundle. Sampling defaults are the pipeline's."""
+
+    def __init__(self, tokenizer, vq_dir: Optional[str], source: dict[str, Any]):
+        self.tokenizer, self.vq_dir, self.source = tokenizer, vq_dir, source
+
+    def __getattr__(self, name: str) -> Any:  # behaves as the tokenizer everywhere else
+        return getattr(self.tokenizer, name)
+
+    def save(self, folder: str | Path) -> None:
+        from mmgen.pipelines import TextToImagePipeline
+
+        folder = Path(folder)
+        self.tokenizer.save(folder / "text_tokenizer")
+        if self.vq_dir is None:
+            return
+        from mmgen.models.image_decoder import ImageDecoder
+        from mmgen.models.text_encoder import TextEncoder
+        from mmgen.models.vq import VQModel
+
+        pipe = TextToImagePipeline(self.tokenizer, TextEncoder.from_pretrained(folder / "text_encoder"),
+                                   ImageDecoder.from_pretrained(folder / "image_decoder"),
+                                   VQModel.from_pretrained(self.vq_dir), model_id=folder.parent.name)
+        pipe.save_pretrained(folder, extra={"training": {"codes": self.source, "vq": str(self.vq_dir)}})
+
+
+def _caption_tokenizer(data_cfg: CodesDataConfig, captions: list[str]):
+    from mmgen.text import TextTokenizer
+
+    if data_cfg.tokenizer_path:
+        return TextTokenizer.from_pretrained(data_cfg.tokenizer_path)
+    return TextTokenizer.train(captions, kind=data_cfg.tokenizer)
+
+
+def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: int) -> TrainingData:
+    from mmgen.data.pretokenize import CodesDataset, collate_codes
+
+    folder = Path(data_cfg.path)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: missing; build the codes folder with `mmgen data pretokenize`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    dec = model_cfg.image_decoder
+    if meta["codebook_size"] != dec.codebook_size or meta["grid"] ** 2 != dec.num_codes:
+        raise ConfigError(
+            f"{folder}: codes of a {meta['codebook_size']}-code VQ on a {meta['grid']}x{meta['grid']} grid, but "
+            f"model.image_decoder has codebook_size={dec.codebook_size}, grid {dec.grid_h}x{dec.grid_w}"
+        )
+    if data_cfg.vq is not None:
+        vq_cfg = VQConfig.from_json(Path(data_cfg.vq) / "config.json")
+        if vq_cfg.to_dict() != VQConfig.from_dict(meta["vq_config"]).to_dict():
+            raise ConfigError(f"data.vq={data_cfg.vq} is not the VQ that made {folder} (their configs differ)")
+    captions = [json.loads(line)["text"] for line in (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    tokenizer = _caption_tokenizer(data_cfg, captions)
+    if model_cfg.text_vocab_size is not None and model_cfg.text_vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.text_vocab_size={model_cfg.text_vocab_size} is smaller than the caption "
+                          f"vocabulary ({tokenizer.vocab_size}); leave it out to use the tokenizer's size")
+    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len)
+    n_val = min(data_cfg.val_count, len(codes) // 10)
+    train = Subset(codes, range(len(codes) - n_val))
+    val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
+    export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})})
+    return TrainingData(
+        train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0),
+        tokenizer=export, unit="samples",
+        info={"codes": f"{len(codes):,} images ({n_val} for validation), grid {meta['grid']}x{meta['grid']}",
+              "caption vocabulary": tokenizer.vocab_size},
+        model_fields={"text_vocab_size": tokenizer.vocab_size},
+    )
+
+
+def _build_t2i(cfg: T2IModelConfig) -> nn.Module:
+    from mmgen.models.text_to_image import TextToImage
+
+    return TextToImage(cfg.model_config())
+
+
+register_kind(ModelKind("vq", VQConfig, ShapesImagesDataConfig, _build_vq, _build_vq_data))
+register_kind(ModelKind("t2i", T2IModelConfig, CodesDataConfig, _build_t2i, _build_t2i_data,
+                        data_fields=("text_vocab_size",)))

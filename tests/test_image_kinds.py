@@ -1,0 +1,109 @@
+"""The vq and t2i model kinds: a few steps from YAML through the trainer, and what the export holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmgen.config import ConfigError
+from mmgen.training.cli import main as train_main
+from mmgen.training.cli import run
+from mmgen.training.config import load_experiment
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_VQ = {"image_size": 16, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 0, "mid_res_blocks": 1,
+           "codebook_size": 32, "code_dim": 4, "restart_every": 2}
+TINY_TRAIN = {"max_steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 0, "eval_batches": 1,
+              "log_every": 1, "checkpoint_every": 0, "tensorboard": False}
+
+
+def _yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    """A tiny VQ trained for 3 steps through `mmgen train` (the CLI) on rendered shapes."""
+    tmp = tmp_path_factory.mktemp("vq")
+    config = _yaml(tmp / "vq.yaml", {"model": {"kind": "vq", **TINY_VQ},
+                                      "data": {"source": "shapes", "seed": 3, "val_length": 4},
+                                      "train": {**TINY_TRAIN, "output_dir": str(tmp / "run")}})
+    assert train_main(["--config", str(config)]) == 0
+    return tmp / "run"
+
+
+def test_vq_kind_trains_and_exports(vq_run):
+    from mmgen.models.vq import VQModel
+
+    vq = VQModel.from_pretrained(vq_run / "model")
+    assert vq.config.image_size == 16 and vq.config.codebook_size == 32
+    assert (vq_run / "metrics.csv").is_file()
+    codes = vq.encode(torch.zeros(2, 3, 16, 16))
+    assert codes.shape == (2, 4, 4)
+
+
+def test_vq_kind_rejects_a_mismatched_image_size(tmp_path):
+    exp = load_experiment(None, {"model.kind": "vq", "model.image_size": 16, "data.image_size": 32,
+                                 "train.output_dir": str(tmp_path)})
+    from mmgen.training.registry import get_kind
+
+    with pytest.raises(ConfigError, match="image_size"):
+        get_kind("vq").build_data(exp.data, exp.model, 0)
+
+
+def test_shipped_configs_load():
+    for name in ("vq_shapes", "t2i_shapes", "vq_emoji", "t2i_emoji", "t2i_base_gpu"):
+        exp = load_experiment(REPO / "configs" / f"{name}.yaml")
+        assert exp.kind in ("vq", "t2i"), name
+
+
+@pytest.fixture(scope="module")
+def t2i_run(vq_run, tmp_path_factory):
+    """Codes from the tiny VQ, then a tiny t2i model for 3 steps through the trainer API."""
+    from mmgen.data.pretokenize import _ShapesImages, encode_dataset
+    from mmgen.models.vq import VQModel
+
+    tmp = tmp_path_factory.mktemp("t2i")
+    vq = VQModel.from_pretrained(vq_run / "model")
+    encode_dataset(vq, _ShapesImages(40, "train", 0, 16), tmp / "codes", progress=False)
+    model = {"kind": "t2i",
+             "text_encoder": {"max_len": 16, "dim": 16, "n_layers": 1, "n_heads": 2},
+             "image_decoder": {"codebook_size": 32, "vocab_size": 33, "grid_h": 4, "grid_w": 4, "max_len": 16,
+                               "context_dim": 16, "context_len": 16, "dim": 16, "n_layers": 1, "n_heads": 2}}
+    config = _yaml(tmp / "t2i.yaml", {"model": model,
+                                       "data": {"path": str(tmp / "codes"), "vq": str(vq_run / "model"), "val_count": 4},
+                                       "train": {**TINY_TRAIN, "eval_every": 2, "output_dir": str(tmp / "run")}})
+    summary = run(str(config))
+    return tmp, summary
+
+
+def test_t2i_kind_trains_and_exports_a_bundle(t2i_run):
+    from mmgen.pipelines import TextToImagePipeline
+
+    tmp, summary = t2i_run
+    assert summary["steps"] == 3 and "val_loss" in summary
+    pipe = TextToImagePipeline.from_pretrained(tmp / "run" / "model")
+    # the text vocabulary came from the caption tokenizer
+    assert pipe.text_encoder.config.vocab_size == pipe.tokenizer.vocab_size
+    images = pipe("a small red circle", num_images=2, seed=0)
+    assert len(images) == 2 and images[0].size == (16, 16)
+    saved = yaml.safe_load((tmp / "run" / "config.yaml").read_text())
+    assert saved["model"]["text_vocab_size"] == pipe.tokenizer.vocab_size  # the run records what the data decided
+
+
+def test_t2i_kind_checks_codes_against_the_model(t2i_run):
+    tmp, _ = t2i_run
+    exp = load_experiment(tmp / "t2i.yaml", ["--model.image_decoder.codebook_size=64",
+                                             "--model.image_decoder.vocab_size=65"])
+    from mmgen.training.registry import get_kind
+
+    with pytest.raises(ConfigError, match="codebook_size=64"):
+        get_kind("t2i").build_data(exp.data, exp.model, 0)
+    exp = load_experiment(tmp / "t2i.yaml", ["--model.text_vocab_size=3"])
+    with pytest.raises(ConfigError, match="text_vocab_size=3"):
+        get_kind("t2i").build_data(exp.data, exp.model, 0)
