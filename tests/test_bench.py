@@ -52,8 +52,9 @@ def _well_formed(results, n, peer_expected):
         assert math.isfinite(r.mmgen) and r.mmgen > 0
         if peer_expected:
             assert r.peer is not None and r.peer > 0 and r.ratio == pytest.approx(r.mmgen / r.peer)
+            assert r.cpu_ratio is not None and r.cpu_ratio > 0
         else:
-            assert r.peer is None and r.ratio is None
+            assert r.peer is None and r.ratio is None and r.cpu_ratio is None
     table = _common.format_table(results)
     assert table.count("\n| ") == n + 1  # separator + one row per result
     return table

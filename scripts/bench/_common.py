@@ -46,6 +46,7 @@ class Result:
     peer: Optional[float] = None  # None when the peer is not installed
     peer_name: str = ""
     extra: dict = field(default_factory=dict)  # memory figures, notes
+    cpu_ratio: Optional[float] = None  # peer CPU seconds / mmgen CPU seconds per call (see time_sides)
 
     @property
     def ratio(self) -> Optional[float]:
@@ -86,21 +87,39 @@ def _shim_pytorch_lightning() -> None:
     sys.modules[name] = stand_in
 
 
-def time_sides(sides: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each side; sides alternate within every repeat."""
+@dataclass
+class Timing:
+    wall: float  # median wall-clock seconds per call
+    cpu: float  # median CPU seconds of this process per call (all threads)
+
+
+def time_sides(sides: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, Timing]:
+    """Median wall and CPU seconds per call of each side; sides alternate within every repeat.
+
+    Wall time is what a user waits. CPU time leaves out the time the process sat descheduled
+    while other programs used the cores, so on a busy shared machine its ratio is the steadier
+    one (with one thread; with more, OpenMP threads spinning at barriers count as CPU time).
+    """
     for fn in sides.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(repeats):
         order = list(sides.items())
         if r % 2:
             order.reverse()  # alternate who goes first, so neither side always follows the other
         for name, fn in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in sides}
+
+
+def cpu_ratio(t: dict[str, Timing]) -> Optional[float]:
+    """Peer CPU time / mmgen CPU time (> 1: mmgen needs less CPU for the same work)."""
+    return t["peer"].cpu / t["mmgen"].cpu if "peer" in t and t["mmgen"].cpu > 0 else None
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -118,15 +137,16 @@ def setup(threads: int, seed: int = 0) -> None:
 
 
 def format_table(results: list[Result]) -> str:
-    """A Markdown table: mmgen, peer, ratio (mmgen / peer; > 1 means mmgen is faster)."""
+    """A Markdown table: mmgen, peer, ratio (mmgen / peer; > 1 means mmgen is faster), and the CPU-time ratio."""
     lines = [
-        "| benchmark | case | unit | mmgen | peer | peer value | mmgen / peer |",
-        "| --- | --- | --- | ---: | --- | ---: | ---: |",
+        "| benchmark | case | unit | mmgen | peer | peer value | mmgen / peer | by CPU time |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in results:
         peer = "not installed" if r.peer is None else f"{r.peer:,.0f}"
         ratio = "–" if r.ratio is None else f"{r.ratio:.2f}×"
-        lines.append(f"| {r.bench} | {r.case} | {r.unit} | {r.mmgen:,.0f} | {r.peer_name} | {peer} | {ratio} |")
+        by_cpu = "–" if r.cpu_ratio is None else f"{r.cpu_ratio:.2f}×"
+        lines.append(f"| {r.bench} | {r.case} | {r.unit} | {r.mmgen:,.0f} | {r.peer_name} | {peer} | {ratio} | {by_cpu} |")
     notes = [(r, k, v) for r in results for k, v in r.extra.items()]
     for r, k, v in notes:
         lines.append(f"\n* {r.bench}, {r.case}: {k} = {v}")

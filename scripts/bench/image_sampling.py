@@ -20,7 +20,7 @@ import copy
 from typing import Optional
 
 import t2i_models
-from _common import Result, add_common_args, report, setup, time_sides, try_import
+from _common import Result, add_common_args, cpu_ratio, report, setup, time_sides, try_import
 
 import torch
 
@@ -71,13 +71,13 @@ def run(
             extra = {}
             if "peer_cached" in t:
                 extra["dalle-pytorch with its cache passed through"] = (
-                    f"{tokens / t['peer_cached']:,.0f} image tokens/s (mmgen / that = {t['peer_cached'] / t['mmgen']:.2f}×)"
+                    f"{tokens / t['peer_cached'].wall:,.0f} image tokens/s (mmgen / that = {t['peer_cached'].wall / t['mmgen'].wall:.2f}×)"
                 )
             results.append(
                 Result(
                     "image sampling", f"batch {batch}, guidance {'off' if scale == 1.0 else f'scale {scale:g}'}",
-                    "image tokens/s", tokens / t["mmgen"], None if dalle is None else tokens / t["peer"],
-                    "dalle-pytorch generate_images (as shipped)", extra,
+                    "image tokens/s", tokens / t["mmgen"].wall, None if dalle is None else tokens / t["peer"].wall,
+                    "dalle-pytorch generate_images (as shipped)", extra, cpu_ratio(t),
                 )
             )
     if dalle is not None:

@@ -34,6 +34,7 @@ except ImportError:  # a checkout without `pip install -e .`
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from mmgen.models.gpt import GPT
 from mmgen.sampling import generate
@@ -55,7 +56,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
-    state = PartialState()
+    # PartialState, unlike Accelerator, does not read ACCELERATE_USE_CPU: without it, two CPU
+    # processes would each believe they are alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if args.overwrite and state.is_main_process:
         shutil.rmtree(out, ignore_errors=True)
     state.wait_for_everyone()

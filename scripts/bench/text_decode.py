@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from typing import Optional
 
-from _common import Result, add_common_args, report, setup, time_sides, try_import
+from _common import Result, add_common_args, cpu_ratio, report, setup, time_sides, try_import
 
 import torch
 
@@ -82,8 +82,9 @@ def run(
         t = time_sides(sides, warmup, repeats)
         results.append(
             Result(
-                "text decode", f"batch {batch}, {n} new tokens", "tokens/s", batch * n / t["mmgen"],
-                None if peer is None else batch * n / t["peer"], "transformers GPT2LMHeadModel.generate",
+                "text decode", f"batch {batch}, {n} new tokens", "tokens/s", batch * n / t["mmgen"].wall,
+                None if peer is None else batch * n / t["peer"].wall, "transformers GPT2LMHeadModel.generate",
+                cpu_ratio=cpu_ratio(t),
             )
         )
     return results

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from _common import Result, add_common_args, report, setup, time_sides, try_import
+from _common import Result, add_common_args, cpu_ratio, report, setup, time_sides, try_import
 
 import torch
 
@@ -95,8 +95,9 @@ def run(threads: int = 2, repeats: int = 5, warmup: int = 1, smoke: bool = False
         t = time_sides(sides, warmup, repeats)
         results.append(
             Result(
-                "text encoder", f"{mode}, batch {shape['batch']}×{shape['length']}", "tokens/s", tokens / t["mmgen"],
-                None if peer is None else tokens / t["peer"], "transformers T5EncoderModel",
+                "text encoder", f"{mode}, batch {shape['batch']}×{shape['length']}", "tokens/s", tokens / t["mmgen"].wall,
+                None if peer is None else tokens / t["peer"].wall, "transformers T5EncoderModel",
+                cpu_ratio=cpu_ratio(t),
             )
         )
     return results

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import t2i_models
 import text_decode
-from _common import Result, add_common_args, report, setup, time_sides, try_import
+from _common import Result, add_common_args, cpu_ratio, report, setup, time_sides, try_import
 
 import torch
 
@@ -138,8 +138,8 @@ def run(
         )
         results.append(
             Result(
-                f"train step ({kind})", case + ", AdamW", unit, tokens / t["mmgen"],
-                tokens / t["peer"] if "peer" in t else None, peer_name, extra,
+                f"train step ({kind})", case + ", AdamW", unit, tokens / t["mmgen"].wall,
+                tokens / t["peer"].wall if "peer" in t else None, peer_name, extra, cpu_ratio(t),
             )
         )
     return results
