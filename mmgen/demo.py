@@ -1,0 +1,284 @@
+"""``mmgen train-demo``: train the demo bundle from scratch on this machine (2 CPU cores, ~45 min).
+
+Stages, each with its own time budget (options), one progress line each:
+
+1. **vq**: the VQ tokenizer on the shapes world (``configs/vq_shapes.yaml``);
+2. **codes**: pretokenize ``--n-images`` shapes images into VQ codes;
+3. **t2i**: the text-to-image model on those codes (``configs/t2i_shapes.yaml``);
+4. **gpt** / **bert**: small Shakespeare models for the text tabs (``configs/gpt_shakespeare_char.yaml``,
+   ``configs/bert_shakespeare.yaml``); skipped with a message when the corpus is not available;
+5. **tune**: guidance scale, top-k and temperature measured on validation prompts (a seed the
+   final evaluation does not use); the best become the bundle's sampling defaults;
+6. **bundle**: fp16 safetensors, ``gpt/`` and ``bert/`` beside the text-to-image components, and
+   ``model_index.json`` recording how it was trained (configs, git commit, seeds, timings) and the
+   evaluation figures of the final bundle (``mmgen eval t2i`` on seed 1234 prompts).
+
+    mmgen train-demo --out runs/demo                     # then: --ship copies the bundle to mmgen/assets/demo
+    mmgen train-demo --out runs/demo --reuse             # keep the finished stages of an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+SHAKESPEARE = Path("data/shakespeare/input.txt")  # where `mmgen data text --source shakespeare` writes
+BUNDLE_LIMIT_MB = 30.0
+
+# The sampling grid searched by the tune stage (one axis at a time, the others at their best so far).
+GUIDANCE = (1.0, 1.5, 2.0, 3.0)
+TOP_K = (1, 2, 4, 8, 32)
+TEMPERATURE = (0.7, 1.0, 1.3)
+
+
+def _progress(stage: str, message: str, t0: float) -> None:
+    print(f"[train-demo] {stage:<6} {message} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _train(config: Path, out: Path, minutes: float, seed: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One ``mmgen train`` run in this process; returns its summary and resolved experiment."""
+    from mmgen.training.cli import run
+    from mmgen.training.config import load_experiment
+
+    overrides = [f"--train.output_dir={out}", f"--train.max_time_s={minutes * 60:.0f}", f"--train.seed={seed}", *extra]
+    summary = run(str(config), overrides)
+    return {"summary": summary, "experiment": load_experiment(str(config), overrides).to_dict()}
+
+
+def _mean_exact(results: dict[str, Any]) -> float:
+    from mmgen.eval.t2i import GROUPS
+
+    return sum(results[g]["model"]["exact"] for g in GROUPS) / len(GROUPS)
+
+
+def tune_sampling(pipe, n_per_group: int, seed: int, budget_s: float, log=print) -> tuple[dict, list[dict]]:
+    """Coordinate search over guidance scale, top-k and temperature on validation prompts.
+
+    Returns the best settings (by mean exact match over the four groups) and every measurement.
+    """
+    from mmgen.eval.t2i import evaluate_t2i
+
+    t0 = time.time()
+    best = {"guidance_scale": 1.5, "top_k": 4, "temperature": 1.0, "top_p": None}
+    seen: dict[tuple, float] = {}
+    trials = []
+
+    def measure(settings: dict) -> float:
+        key = (settings["guidance_scale"], settings["top_k"], settings["temperature"])
+        if key not in seen:
+            r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, **settings)
+            seen[key] = _mean_exact(r)
+            trials.append({**settings, "mean_exact": round(seen[key], 4), "summary": r["summary"]})
+            log(f"  guidance {key[0]:<4} top_k {key[1]!s:<4} temperature {key[2]:<4} -> mean exact {seen[key]:.3f} {r['summary']}")
+        return seen[key]
+
+    for name, values in (("guidance_scale", GUIDANCE), ("top_k", TOP_K), ("temperature", TEMPERATURE),
+                         ("guidance_scale", GUIDANCE)):
+        for v in values:
+            if time.time() - t0 > budget_s:
+                log(f"  tune budget ({budget_s:.0f} s) spent")
+                return best, trials
+            candidate = {**best, name: v}
+            if measure(candidate) > measure(best):
+                best = candidate
+    return best, trials
+
+
+def _copy_text_model(src: Path, dst: Path) -> None:
+    """A GPT/BERT export into the bundle, weights in fp16 (the tokenizer files as they are)."""
+    import torch
+
+    from mmgen.pipelines import load_text_model
+
+    model = load_text_model(src)
+    model.save_pretrained(dst, dtype=torch.float16)
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy2(f, dst / f.name)
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="mmgen train-demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="work folder (stages write sub-folders here)")
+    p.add_argument("--bundle", default=None, help="where to write the bundle (default: OUT/bundle)")
+    p.add_argument("--ship", action="store_true", help="also copy the bundle to mmgen/assets/demo (the packaged default)")
+    p.add_argument("--reuse", action="store_true", help="keep stages an earlier run in OUT finished")
+    p.add_argument("--seed", type=int, default=0, help="training and shapes-data seed")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (on a machine shared with other jobs, 1 is several times faster)")
+    p.add_argument("--vq-minutes", type=float, default=11.0)
+    p.add_argument("--n-images", type=int, default=50_000, help="shapes images pretokenized for the t2i stage")
+    p.add_argument("--t2i-minutes", type=float, default=19.0)
+    p.add_argument("--gpt-minutes", type=float, default=2.0)
+    p.add_argument("--bert-minutes", type=float, default=2.0)
+    p.add_argument("--tune-minutes", type=float, default=3.0, help="budget of the sampling search (0: skip)")
+    p.add_argument("--tune-n", type=int, default=30, help="validation prompts per group for the search")
+    p.add_argument("--eval-n", type=int, default=50, help="prompts per group for the final evaluation")
+    p.add_argument("--shakespeare", default=None, metavar="FILE",
+                   help=f"Tiny Shakespeare text to import (`mmgen data text --from`) when {SHAKESPEARE} is missing")
+    args = p.parse_args(list(argv) if argv is not None else None)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    bundle = Path(args.bundle) if args.bundle else out / "bundle"
+    if out.exists() and not args.reuse and any(out.iterdir()):
+        print(f"mmgen train-demo: error: {out} is not empty; pass --reuse to keep its finished stages, "
+              f"or pick another --out", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
+                              "command": "mmgen train-demo " + " ".join(argv if argv is not None else sys.argv[1:])}
+
+    def stage_done(name: str, start: float, message: str) -> None:
+        timings[name] = round(time.time() - start, 1)
+        _progress(name, f"{message} in {timings[name]:.0f} s", t0)
+
+    def finished(folder: Path) -> bool:
+        return args.reuse and (folder / "model" / "config.json").is_file()
+
+    # 1. VQ ------------------------------------------------------------------------------
+    from mmgen.models.vq import VQModel
+
+    s = time.time()
+    vq_dir = out / "vq"
+    if not finished(vq_dir):
+        shutil.rmtree(vq_dir, ignore_errors=True)
+        record["vq"] = _train(CONFIGS / "vq_shapes.yaml", vq_dir, args.vq_minutes, args.seed,
+                              [f"--data.seed={args.seed}"])
+    from mmgen.eval.t2i import shapes_reader_roundtrip
+
+    vq = VQModel.from_pretrained(vq_dir / "model")
+    roundtrip = shapes_reader_roundtrip(vq, n=200)
+    record.setdefault("vq", {})["shapes_reader_roundtrip"] = roundtrip
+    stage_done("vq", s, f"VQ trained; shapes reader after the round trip: exact {roundtrip['exact']:.3f}")
+
+    # 2. codes ---------------------------------------------------------------------------
+    from mmgen.data.pretokenize import _ShapesImages, encode_dataset
+
+    s = time.time()
+    codes_dir = out / "codes"
+    if not (args.reuse and (codes_dir / "meta.json").is_file()):
+        items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size)
+        encode_dataset(vq, items, codes_dir, source={"kind": "shapes", "split": "train", "seed": args.seed,
+                                                     "n": args.n_images}, overwrite=True, progress=False)
+    stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {vq.config.grid_size}x{vq.config.grid_size} codes")
+
+    # 3. text-to-image -------------------------------------------------------------------
+    s = time.time()
+    t2i_dir = out / "t2i"
+    if not (args.reuse and (t2i_dir / "model" / "model_index.json").is_file()):
+        shutil.rmtree(t2i_dir, ignore_errors=True)
+        record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed,
+                               [f"--data.path={codes_dir}", f"--data.vq={vq_dir / 'model'}"])
+    stage_done("t2i", s, "text-to-image model trained")
+
+    # 4. text models ---------------------------------------------------------------------
+    corpus = SHAKESPEARE
+    if not corpus.is_file() and args.shakespeare:
+        from mmgen.data.text import main as data_text_main
+
+        data_text_main(["--source", "shakespeare", "--from", args.shakespeare])
+    for name, config, minutes in (("gpt", "gpt_shakespeare_char.yaml", args.gpt_minutes),
+                                  ("bert", "bert_shakespeare.yaml", args.bert_minutes)):
+        s = time.time()
+        if not corpus.is_file():
+            print(f"[train-demo] {name:<6} skipped: {corpus} is missing (run `mmgen data text --source shakespeare "
+                  f"[--from FILE]` or pass --shakespeare FILE); the bundle will have no {name}/ tab", flush=True)
+            continue
+        if minutes <= 0:
+            print(f"[train-demo] {name:<6} skipped (--{name}-minutes 0)", flush=True)
+            continue
+        folder = out / name
+        if not (args.reuse and (folder / "model" / "config.json").is_file()):
+            shutil.rmtree(folder, ignore_errors=True)
+            # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.
+            small = ["--model.dim=128", "--model.n_heads=4", "--train.eval_batches=8", "--train.sample_every=0"]
+            record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *small])
+        stage_done(name, s, f"{name.upper()} trained on {corpus}")
+
+    # 5. sampling defaults ---------------------------------------------------------------
+    from mmgen.eval.t2i import evaluate_t2i, format_report
+    from mmgen.pipelines import TextToImagePipeline
+
+    s = time.time()
+    pipe = TextToImagePipeline.from_pretrained(t2i_dir / "model")
+    defaults = dict(pipe.defaults)
+    trials: list[dict] = []
+    if args.tune_minutes > 0:
+        best, trials = tune_sampling(pipe, args.tune_n, seed=999, budget_s=args.tune_minutes * 60)
+        defaults.update(best)
+    record["sampling_search"] = {"prompt_seed": 999, "n_per_group": args.tune_n, "trials": trials}
+    stage_done("tune", s, f"sampling defaults {defaults}")
+
+    # 6. bundle --------------------------------------------------------------------------
+    s = time.time()
+    tmp = bundle.with_name(f".{bundle.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.defaults = defaults
+    pipe.model_id = "mmgen-demo-shapes"
+    pipe.extras = {}
+    for name in ("gpt", "bert"):
+        if (out / name / "model" / "config.json").is_file():
+            _copy_text_model(out / name / "model", tmp / name)
+    record["timings_s"] = timings
+    pipe.save_pretrained(tmp, dtype=torch.float16, extra={"training": record})
+    # The figures are those of the saved (fp16) bundle, on prompts the search never saw.
+    shipped = TextToImagePipeline.from_pretrained(tmp)
+    results = evaluate_t2i(shipped, n_per_group=args.eval_n, seed=1234, contact_sheet=str(out / "contact_sheet.png"),
+                           progress=False, **{k: v for k, v in defaults.items() if k in ("guidance_scale", "temperature", "top_k", "top_p")})
+    print(format_report(results), flush=True)
+    index_path = tmp / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["eval"] = {"command": "mmgen eval t2i --bundle BUNDLE", "n_per_group": args.eval_n, "prompt_seed": 1234,
+                     **{g: r for g, r in results.items()}}
+    index["training"]["timings_s"] = {**timings, "bundle_and_eval": round(time.time() - s, 1)}
+    index["training"]["total_s"] = round(time.time() - t0, 1)
+    from mmgen.config import atomic_write_text
+
+    atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
+    size = _folder_mb(tmp)
+    if size > BUNDLE_LIMIT_MB:
+        print(f"[train-demo] warning: the bundle is {size:.1f} MB, over the {BUNDLE_LIMIT_MB:.0f} MB limit", file=sys.stderr)
+    shutil.rmtree(bundle, ignore_errors=True)
+    tmp.rename(bundle)
+    stage_done("bundle", s, f"bundle written to {bundle} ({size:.1f} MB), exact {results['summary']}")
+    if args.ship:
+        from mmgen.pipelines import DEMO_BUNDLE
+
+        shutil.rmtree(DEMO_BUNDLE, ignore_errors=True)
+        shutil.copytree(bundle, DEMO_BUNDLE)
+        _progress("ship", f"copied to {DEMO_BUNDLE}", t0)
+    _progress("done", f"total {time.time() - t0:.0f} s", t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
