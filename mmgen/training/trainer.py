@@ -76,7 +76,17 @@ def make_accelerator(cfg: TrainConfig):
     """The Accelerator for a train config (mixed precision from the config, not the launcher)."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # e.g. `accelerate launch --num_processes 2` on a CPU machine without ACCELERATE_USE_CPU:
+        # every process would train alone on the whole batch and they would overwrite each other.
+        raise ConfigError(
+            f"the launcher started {launched} processes but Accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type.name}). On CPU use: ACCELERATE_USE_CPU=true accelerate launch "
+            f"--multi_gpu --num_processes {launched} --num_machines 1 ... (`--cpu` runs one process)"
+        )
+    return accelerator
 
 
 def _count_units(batch: dict[str, torch.Tensor], unit: str) -> int:

@@ -85,13 +85,13 @@ def main(argv=None) -> int:
         "steps": summary["steps"], "final_val_loss": summary.get("val_loss"), "target": args.target,
         "passed": summary.get("val_loss", float("inf")) < args.target and wall < 900,
         "first_below_target": {"elapsed_s": first_below[0], "step": first_below[1]} if first_below else None,
-        "threads": torch.get_num_threads(), "curve": [{"elapsed_s": t, "step": s, "val_loss": v} for t, s, v in curve],
+        "num_processes": summary["num_processes"], "threads": torch.get_num_threads(), "curve": [{"elapsed_s": t, "step": s, "val_loss": v} for t, s, v in curve],
         "sample": sample,
     }
     (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"char-level GPT on Tiny Shakespeare, {torch.get_num_threads()} threads, budget {args.budget_s:.0f} s "
-        f"of training, {wall:.0f} s wall in all",
+        f"char-level GPT on Tiny Shakespeare, {summary['num_processes']} process(es) x {torch.get_num_threads()} "
+        f"thread(s), budget {args.budget_s:.0f} s of training, {wall:.0f} s wall in all",
         "",
         "| wall time (s) | step | val loss |",
         "| ---: | ---: | ---: |",
