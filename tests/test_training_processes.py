@@ -154,3 +154,23 @@ def test_resume_names_a_missing_checkpoint(tmp_path):
     corpus = write_corpus(tmp_path / "data/input.txt")
     proc = train(overrides(corpus, tmp_path / "run") + ["--resume", str(tmp_path / "nope")])
     assert proc.returncode == 2 and "is not a complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_unsynchronised_cpu_processes_are_refused(tmp_path):
+    """`accelerate launch --num_processes 2` on CPU without ACCELERATE_USE_CPU starts two lone
+    processes that would each train on the whole batch; the trainer refuses to start."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    corpus = write_corpus(tmp_path / "data/input.txt")
+    e = env()
+    e.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(TRAIN),
+         *overrides(corpus, tmp_path / "run", max_steps=2)],
+        env=e, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("with two GPUs this launch is a real DDP run")
+    assert proc.returncode != 0
+    assert "the launcher started 2 processes but Accelerate sees 1" in proc.stderr
+    assert not (tmp_path / "run/checkpoints").exists()
