@@ -30,6 +30,7 @@ class TransformerBlock(nn.Module):
             return Attention(c.dim, c.n_heads, c.d_head, c.bias, c.attn_scale, c.dropout, cross, context_dim)
 
         self.attn_norm, self.attn = norm(), attention(cross=False)
+        self.has_cross = c.cross_attention
         if c.cross_attention:
             self.cross_norm, self.cross_attn = norm(), attention(cross=True)
         self.ffn_norm, self.ffn = norm(), make_ffn(c.dim, c.d_ffn, c.activation, c.bias, c.dropout)
@@ -49,14 +50,13 @@ class TransformerBlock(nn.Module):
         """x (B, T, D) -> (B, T, D)."""
         # Written out sublayer by sublayer (no closures, no dropout call when it is off): while
         # decoding one token this forward runs once per layer per step, and Python overhead counts.
-        cross = hasattr(self, "cross_attn")
         if self.pre_norm:
             x = x + self._drop(self.attn(self.attn_norm(x), bias, is_causal, rope, cache=cache, layer=layer))
-            if cross:
+            if self.has_cross:
                 x = x + self._drop(self.cross_attn(self.cross_norm(x), context_bias, context=context, cache=cache, layer=layer))
             return x + self._drop(self.ffn(self.ffn_norm(x)))
         x = self.attn_norm(x + self._drop(self.attn(x, bias, is_causal, rope, cache=cache, layer=layer)))
-        if cross:
+        if self.has_cross:
             x = self.cross_norm(x + self._drop(self.cross_attn(x, context_bias, context=context, cache=cache, layer=layer)))
         return self.ffn_norm(x + self._drop(self.ffn(x)))
 
