@@ -70,7 +70,7 @@ def test_dataset_protocol():
     ds = ShapesDataset(length=10, transform=lambda im: np.asarray(im))
     assert len(ds) == 10
     item = ds[3]
-    assert item["image"].shape == (64, 64, 3) and item["image"].dtype == np.uint8
+    assert item["image"].shape == (72, 72, 3) and item["image"].dtype == np.uint8
     with pytest.raises(IndexError):
         ds[10]
     with pytest.raises(ValueError, match="split"):
@@ -316,3 +316,14 @@ def test_connected_components_match_flood_fill(density):
     # Same partition: labels correspond one to one.
     pairs = {(int(a), int(b)) for a, b in zip(labels[mask], ref[mask])}
     assert len(pairs) == n and (labels[~mask] == -1).all()
+
+
+def test_default_world_is_drawn_from_a_small_patch_vocabulary():
+    """Objects meet the 8-px code grid the same way everywhere: a ×8 VQ can hold every patch."""
+    seen = set()
+    for split in ("train", "heldout"):
+        ds = ShapesDataset(split=split, seed=3)
+        for i in range(600):
+            a = np.asarray(ds[i]["image"])
+            seen.update(a[y : y + 8, x : x + 8].tobytes() for y in range(0, 72, 8) for x in range(0, 72, 8))
+    assert len(seen) <= 768  # fits the default VQ codebook (about 750 over 40 k images)

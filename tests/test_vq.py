@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from mmgen.checkpoint import CheckpointError
 import torch
 
 from mmgen.config import ConfigError
@@ -134,11 +136,13 @@ def test_truncated_weights_error_names_file(tmp_path):
 def test_missing_files_errors_name_the_file(tmp_path):
     tiny().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match="model.safetensors"):
         VQModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").unlink()
-    with pytest.raises((FileNotFoundError, ConfigError), match="config.json"):  # the config reader's own error
+    with pytest.raises(CheckpointError, match="config.json"):
         VQModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        VQModel.from_pretrained(tmp_path / "nope")
 
 
 def test_mismatched_weights_are_rejected(tmp_path):

@@ -12,7 +12,6 @@ outputs (``VQModel.restart_dead_codes``), identically on every rank.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,43 +20,41 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import nn
 
-from mmgen.config import Config, ConfigError, atomic_write_bytes
+from mmgen.checkpoint import PretrainedMixin
+from mmgen.config import Config, ConfigError
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
 class VQConfig(Config):
     """Shape and training knobs of the VQ tokenizer.
 
-    Defaults target 64×64 procedural shapes with ×8 downsampling: an 8×8 grid of 64 codes, which
-    a transformer trains on quickly. They are the starting point measured with
-    ``scripts/vq_experiment.py``; a few thousand training steps are not yet enough for shapes to
-    survive the round trip exactly (see that script to reproduce and compare).
+    The defaults fit the shapes world (72 × 72 → 9 × 9 codes at ×8): its images are drawn from
+    about 750 distinct 8 × 8 patches (see ``ShapesConfig``), so a 768-code book can give each
+    patch its own code. A narrow network (8 → 16 → 64 channels) is enough to draw them and
+    trains fast on a CPU; EMA codebook updates and frequent dead-code restarts find the codes
+    in a few hundred steps (measured: ``scripts/bench/vq_quality.py``).
     """
 
-    image_size: int = 64  # side of the square input images (pixels)
+    image_size: int = 72  # side of the square input images (pixels)
     in_channels: int = 3  # RGB
-    channels: int = 32  # width of the first (full-resolution) level
-    channel_mult: tuple[int, ...] = (1, 2, 4)  # width multiplier per level; one ×2 downsampling per level
+    channels: int = 8  # width of the first (full-resolution) level
+    channel_mult: tuple[int, ...] = (1, 2, 8)  # width multiplier per level; one ×2 downsampling per level
     num_res_blocks: int = 1  # residual blocks per level (encoder and decoder)
-    mid_res_blocks: int = 2  # residual blocks at the lowest resolution, each side of the quantizer
-    codebook_size: int = 512  # number of codes
+    mid_res_blocks: int = 1  # residual blocks at the lowest resolution, each side of the quantizer
+    codebook_size: int = 768  # number of codes
     code_dim: int = 8  # dimension of the (L2-normalised) codes
     beta: float = 0.25  # commitment weight: pulls encoder outputs towards their codes
     codebook_weight: float = 1.0  # weight of the codebook loss (ignored with EMA updates)
-    ema_decay: float = 0.0  # > 0: codebook follows an EMA of assigned encoder outputs instead of gradients
-    restart_every: int = 200  # training forwards between dead-code restarts (0: never)
+    ema_decay: float = 0.95  # > 0: codebook follows an EMA of assigned encoder outputs instead of gradients
+    restart_every: int = 50  # training forwards between dead-code restarts (0: never)
     restart_threshold: int = 1  # a code used fewer times than this over that window is dead
     restart_pool: int = 4096  # recent encoder outputs kept to draw restarted codes from
-    recon_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
+    recon_loss: Literal["l1", "l2"] = "l2"  # pixel reconstruction loss
     recon_weight: float = 1.0
-    edge_weight: float = 1.0  # L1 between image gradients (finite differences): keeps edges/corners sharp
+    edge_weight: float = 0.5  # L1 between image gradients (finite differences): keeps edges/corners sharp
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "channels", "codebook_size", "code_dim"):
@@ -273,8 +270,10 @@ def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-class VQModel(nn.Module):
+class VQModel(PretrainedMixin, nn.Module):
     """VQ image tokenizer: images (B, 3, H, W) in [-1, 1] ⇄ codes (B, H/f, W/f)."""
+
+    config_class = VQConfig  # save_pretrained / from_pretrained: config.json + model.safetensors, strict
 
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
@@ -364,34 +363,6 @@ class VQModel(nn.Module):
             raise ValueError(f"image sides must be multiples of {cfg.downsample}, got {tuple(images.shape[-2:])}")
 
     # ---- checkpoints -----------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically each)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.to_json(directory / CONFIG_NAME)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "VQModel":
-        """Load a folder written by :meth:`save_pretrained`; every weight must match exactly."""
-        directory = Path(directory)
-        config = VQConfig.from_json(directory / CONFIG_NAME)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"weights file not found: {weights}")
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, json.JSONDecodeError, ValueError, OSError) as e:
-            raise ValueError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {e}") from None
-        model = cls(config)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{weights}: weights do not match {config}: {e}") from None
-        return model.to(map_location)
-
 
 # ---- metrics (pure functions) ----------------------------------------------------------
 
