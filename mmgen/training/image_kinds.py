@@ -49,6 +49,10 @@ class ShapesImagesDataConfig(Config):
     seed: int = 0  # shapes world seed (validation uses seed + 1)
     length: int = 1_000_000  # virtual length of the shapes stream (one epoch)
     val_length: int = 512  # shapes validation images; for a folder, the last val_length items
+    # every k-th shapes image comes from the held-out split (0: never). The tokenizer sees images
+    # only, never captions: held-out *compositions* stay unseen by the text-to-image model, but the
+    # codebook must hold the patches of e.g. a green circle for that model to be able to draw one.
+    heldout_every: int = 4
 
     def __post_init__(self) -> None:
         if self.source == "folder" and not self.path:
@@ -58,20 +62,25 @@ class ShapesImagesDataConfig(Config):
 
 
 class _ShapesImages(Dataset):
-    """``{"images": tensor}`` items of the shapes world (a pure function of seed and index)."""
+    """``{"images": tensor}`` items of the shapes world (a pure function of seed and index);
+    every ``heldout_every``-th item from the held-out split."""
 
-    def __init__(self, split: str, seed: int, length: int, image_size: int):
+    def __init__(self, seed: int, length: int, image_size: int, heldout_every: int = 0):
         from mmgen.data.shapes import ShapesDataset
 
-        self.shapes = ShapesDataset(split=split, seed=seed, length=length, image_size=image_size)
+        self.train = ShapesDataset(split="train", seed=seed, length=length, image_size=image_size)
+        self.heldout = ShapesDataset(split="heldout", seed=seed, length=length, image_size=image_size)
+        self.heldout_every = heldout_every
 
     def __len__(self) -> int:
-        return len(self.shapes)
+        return len(self.train)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         from mmgen.data.folder import image_to_tensor
 
-        return {"images": image_to_tensor(self.shapes[index]["image"])}
+        k = self.heldout_every
+        source = self.heldout if k and index % k == k - 1 else self.train
+        return {"images": image_to_tensor(source[index]["image"])}
 
 
 class _FolderImages(Dataset):
@@ -90,8 +99,8 @@ def _build_vq_data(data_cfg: ShapesImagesDataConfig, model_cfg: VQConfig, seed: 
     if size != model_cfg.image_size:
         raise ConfigError(f"data.image_size={size} but model.image_size={model_cfg.image_size}")
     if data_cfg.source == "shapes":
-        train = _ShapesImages("train", data_cfg.seed, data_cfg.length, size)
-        val = _ShapesImages("train", data_cfg.seed + 1, data_cfg.val_length, size) if data_cfg.val_length else None
+        train = _ShapesImages(data_cfg.seed, data_cfg.length, size, data_cfg.heldout_every)
+        val = _ShapesImages(data_cfg.seed + 1, data_cfg.val_length, size, data_cfg.heldout_every) if data_cfg.val_length else None
         info = {"images": f"shapes world, seed {data_cfg.seed}, {size}x{size}"}
     else:
         from mmgen.data.folder import ImageCaptionFolder
