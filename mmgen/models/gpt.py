@@ -47,7 +47,7 @@ class GPT(PretrainedMixin, nn.Module):
         logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+            # shift the labels, not the logits: slicing (B, T, V) logits would copy them
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t + 1
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
