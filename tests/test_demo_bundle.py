@@ -1,0 +1,87 @@
+"""The shipped demo bundle (mmgen/assets/demo): it loads, it still draws what 30 fixed prompts
+ask for, and its text tabs load.
+
+The floor is the fidelity measured on these 30 prompts when the bundle was shipped (see
+FIDELITY_MEASURED) minus a margin for platform float differences; a bundle replaced by a worse
+one, or sampling code that changed what the bundle draws, fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgen.pipelines import DEMO_BUNDLE
+
+pytestmark = pytest.mark.skipif(
+    not (DEMO_BUNDLE / "model_index.json").is_file(),
+    reason=f"no demo bundle in {DEMO_BUNDLE} (train one with `mmgen train-demo --ship`)",
+)
+
+# Mean exact match (all attributes a prompt names) on the 30 prompts below, with the bundle's
+# sampling defaults and seed 0, measured on the shipped bundle; the test allows MARGIN below it.
+FIDELITY_MEASURED = None
+MARGIN = 0.10
+GROUPS = ("single_seen", "single_heldout", "relation_seen")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from mmgen.pipelines import TextToImagePipeline, default_bundle
+
+    return TextToImagePipeline.from_pretrained(default_bundle())
+
+
+def fixed_prompts(size: int):
+    """30 prompts: 10 single-object seen, 10 single-object held-out, 10 two-object relations."""
+    from mmgen.eval.t2i import eval_prompts
+
+    prompts = eval_prompts(10, seed=4321, image_size=size)
+    return [(text, spec) for group in GROUPS for text, spec, _ in prompts[group]]
+
+
+def bundle_fidelity(pipe) -> float:
+    from mmgen.eval.shapes_reader import aggregate, score
+
+    items = fixed_prompts(pipe.image_size[0])
+    with torch.inference_mode():
+        images = pipe([text for text, _ in items], num_images=1, seed=0)
+    return aggregate(score(spec, image) for (_, spec), image in zip(items, images))["exact"]
+
+
+def test_bundle_records_how_it_was_trained(pipe):
+    training = pipe.extras["training"]
+    assert training["git_commit"] and "seed" in training and "timings_s" in training
+    assert "summary" in pipe.extras["eval"]
+    for key in ("guidance_scale", "temperature", "top_k"):
+        assert key in pipe.defaults
+
+
+def test_bundle_is_small_and_fp16():
+    total = sum(f.stat().st_size for f in DEMO_BUNDLE.rglob("*") if f.is_file())
+    assert total <= 30 * 2**20
+    from safetensors import safe_open
+
+    with safe_open(str(DEMO_BUNDLE / "image_decoder" / "model.safetensors"), "pt") as f:
+        assert all(f.get_slice(k).get_dtype() in ("F16", "I64") for k in f.keys())
+
+
+def test_fidelity_stays_above_the_floor(pipe):
+    assert FIDELITY_MEASURED is not None, "set FIDELITY_MEASURED from a measurement of the shipped bundle"
+    fidelity = bundle_fidelity(pipe)
+    assert fidelity >= FIDELITY_MEASURED - MARGIN, f"exact match {fidelity:.3f} on 30 fixed prompts, floor {FIDELITY_MEASURED - MARGIN:.3f}"
+
+
+def test_text_tabs_load():
+    from mmgen.pipelines import FillMaskPipeline, TextGenerationPipeline
+
+    if not (DEMO_BUNDLE / "gpt").is_dir() and not (DEMO_BUNDLE / "bert").is_dir():
+        pytest.skip("the bundle has no text models")
+    if (DEMO_BUNDLE / "gpt").is_dir():
+        gen = TextGenerationPipeline.from_pretrained(DEMO_BUNDLE / "gpt")
+        out = gen("ROMEO:", max_new_tokens=20, seed=0)
+        assert out[0]["generated_text"].startswith("ROMEO:") and len(out[0]["generated_text"]) > len("ROMEO:")
+    if (DEMO_BUNDLE / "bert").is_dir():
+        fill = FillMaskPipeline.from_pretrained(DEMO_BUNDLE / "bert")
+        out = fill(f"to be or not to {fill.mask_token}", top_k=3)
+        assert len(out) == 3 and all(0.0 <= c["score"] <= 1.0 for c in out)
