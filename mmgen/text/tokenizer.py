@@ -758,13 +758,9 @@ def _sidecar_path(tokenizer_file: Path) -> Path:
 
 
 def _read_json_object(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenizerFileError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise TokenizerFileError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    return data
+    from ..config import read_json
+
+    return read_json(file, TokenizerFileError)
 
 
 def _iter_texts(source: Union[PathLike, Iterable[PathLike], Iterable[str]]) -> Iterator[str]:
