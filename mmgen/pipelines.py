@@ -412,7 +412,7 @@ class TextToImagePipeline:
 
     def decode_codes(self, codes: torch.Tensor, preview: bool = False) -> list:
         """Codes (B, N) -> PIL images. In a preview, codes of -1 (not sampled yet) show as grey rows."""
-        from PIL import Image
+        from .data.folder import tensor_to_images
 
         c = self.image_decoder.config
         grid = codes.view(-1, c.grid_h, c.grid_w)
@@ -423,8 +423,7 @@ class TextToImagePipeline:
             f = self.vq.config.downsample
             hole = missing.repeat_interleave(f, 1).repeat_interleave(f, 2)[:, None]  # (B, 1, H, W)
             pixels = torch.where(hole, torch.zeros_like(pixels), pixels)
-        arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arrays]
+        return tensor_to_images(pixels)
 
     def encode_image(self, image) -> torch.Tensor:
         """A PIL image -> its VQ codes (1, N), after resizing/cropping to the model's size."""

@@ -202,6 +202,12 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)  # (3, H, W)
 
 
+def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """Float tensor (B, 3, H, W) in [-1, 1] -> RGB PIL images (the inverse of :func:`image_to_tensor`)."""
+    arrays = ((pixels.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
 def verify_image(path: str | os.PathLike) -> str | None:
     """A cheap integrity check: ``None`` when the file looks fine, else the reason.
 

@@ -156,21 +156,21 @@ def evaluate_vq(vq, images: torch.Tensor, batch_size: int = 128) -> dict[str, fl
 
 def side_by_side(originals: torch.Tensor, recon: torch.Tensor, path: str, n: int = 16) -> None:
     """A PNG with originals on the top row and reconstructions below."""
-    to_img = lambda t: Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())  # noqa: E731
-    _contact_sheet([[to_img(t) for t in originals[:n]], [to_img(t) for t in recon[:n]]], path)
+    from ..data.folder import tensor_to_images
+
+    _contact_sheet([tensor_to_images(originals[:n]), tensor_to_images(recon[:n])], path)
 
 
 def shapes_reader_roundtrip(vq, n: int = 200, seed: int = 4321, split: str = "train") -> dict[str, Any]:
     """The shapes reader's exact match on fresh renders after a VQ encode → decode."""
-    from ..data.folder import image_to_tensor
+    from ..data.folder import image_to_tensor, tensor_to_images
 
     ds = ShapesDataset(split=split, seed=seed, image_size=vq.config.image_size)
     items = [ds[i] for i in range(n)]
     images = torch.stack([image_to_tensor(it["image"]) for it in items])
     with torch.inference_mode():
         recon = vq.decode(vq.encode(images)).clamp(-1, 1)
-    arrays = ((recon + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return aggregate(score(it["scene"].spec(), Image.fromarray(a)) for it, a in zip(items, arrays))
+    return aggregate(score(it["scene"].spec(), im) for it, im in zip(items, tensor_to_images(recon)))
 
 
 __all__ = ["evaluate_t2i", "evaluate_vq", "format_report", "shapes_reader_roundtrip", "side_by_side", "ssim", "eval_prompts", "np"]
