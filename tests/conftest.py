@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,4 +50,14 @@ def tiny_bundle(tmp_path_factory):
     """A tiny bundle folder on disk (what the web UI and CLI tests load)."""
     path = tmp_path_factory.mktemp("tiny_bundle")
     make_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+def write_corpus(path: Path, n_lines: int = 400) -> Path:
+    """A small deterministic English-like text file for training tests."""
+    rng = random.Random(0)
+    words = "the king and queen of a castle sing to my lord while we walk in green fields".split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + "." for _ in range(n_lines)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_corpus
 from torch import nn
 
 from mmgen.config import ConfigError
@@ -37,15 +37,6 @@ def fresh_accelerate_state():
     reset_accelerate()
     yield
     reset_accelerate()
-
-
-def write_corpus(path: Path, n_lines: int = 400) -> Path:
-    rng = random.Random(0)
-    words = "the king and queen of a castle sing to my lord while we walk in green fields".split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + "." for _ in range(n_lines)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def tiny_overrides(corpus: Path, out: Path, kind: str = "gpt", **train) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -14,19 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_corpus
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts/train.py"
-
-
-def write_corpus(path: Path, n_lines: int = 400) -> Path:
-    rng = random.Random(0)
-    words = "the king and queen of a castle sing to my lord while we walk in green fields".split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + "." for _ in range(n_lines)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def overrides(corpus: Path, out: Path, **train) -> list[str]:
