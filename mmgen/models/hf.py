@@ -9,7 +9,6 @@ Only safetensors weights are read (``pytorch_model.bin`` is a pickle and is refu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -38,7 +37,7 @@ def _read_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
     if (folder / "model.safetensors").is_file():
         state = read_safetensors(folder / "model.safetensors")
     elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index, CheckpointError)["weight_map"].values()))
         state = {}
         for shard in shards:
             state.update(read_safetensors(folder / shard))
