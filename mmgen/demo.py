@@ -7,7 +7,7 @@ Stages, each with its own time budget (options), one progress line each:
 3. **t2i**: the text-to-image model on those codes (``configs/t2i_shapes.yaml``);
 4. **gpt** / **bert**: small Shakespeare models for the text tabs (``configs/gpt_shakespeare_char.yaml``,
    ``configs/bert_shakespeare.yaml``); skipped with a message when the corpus is not available;
-5. **tune**: guidance scale, top-k and temperature measured on validation prompts (a seed the
+5. **tune**: guidance scale, top-k, temperature and candidates (reranking) measured on validation prompts (a seed the
    final evaluation does not use); the best become the bundle's sampling defaults;
 6. **bundle**: fp16 safetensors, ``gpt/`` and ``bert/`` beside the text-to-image components, and
    ``model_index.json`` recording how it was trained (configs, git commit, seeds, timings) and the
@@ -37,6 +37,7 @@ BUNDLE_LIMIT_MB = 30.0
 GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0)
 TOP_K = (1, 2, 4, 8, 32)
 TEMPERATURE = (0.7, 1.0, 1.3)
+CANDIDATES = (1, 4, 8)  # images sampled per image shown, the most likely kept
 
 
 def _progress(stage: str, message: str, t0: float) -> None:
@@ -101,28 +102,29 @@ def _mean_exact(results: dict[str, Any]) -> float:
 
 
 def tune_sampling(pipe, n_per_group: int, seed: int, budget_s: float, log=print) -> tuple[dict, list[dict]]:
-    """Coordinate search over guidance scale, top-k and temperature on validation prompts.
+    """Coordinate search over guidance scale, top-k, temperature and candidates on validation prompts.
 
     Returns the best settings (by mean exact match over the four groups) and every measurement.
     """
     from mmgen.eval.t2i import evaluate_t2i
 
     t0 = time.time()
-    best = {"guidance_scale": 1.5, "top_k": 4, "temperature": 1.0, "top_p": None}
+    best = {"guidance_scale": 1.5, "top_k": 4, "temperature": 1.0, "top_p": None, "candidates": 1}
     seen: dict[tuple, float] = {}
     trials = []
 
     def measure(settings: dict) -> float:
-        key = (settings["guidance_scale"], settings["top_k"], settings["temperature"])
+        key = (settings["guidance_scale"], settings["top_k"], settings["temperature"], settings["candidates"])
         if key not in seen:
             r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, **settings)
             seen[key] = _mean_exact(r)
             trials.append({**settings, "mean_exact": round(seen[key], 4), "summary": r["summary"]})
-            log(f"  guidance {key[0]:<4} top_k {key[1]!s:<4} temperature {key[2]:<4} -> mean exact {seen[key]:.3f} {r['summary']}")
+            log(f"  guidance {key[0]:<4} top_k {key[1]!s:<4} temperature {key[2]:<4} candidates {key[3]:<2} "
+                f"-> mean exact {seen[key]:.3f} {r['summary']}")
         return seen[key]
 
     for name, values in (("guidance_scale", GUIDANCE), ("top_k", TOP_K), ("temperature", TEMPERATURE),
-                         ("guidance_scale", GUIDANCE)):
+                         ("candidates", CANDIDATES), ("guidance_scale", GUIDANCE)):
         for v in values:
             if time.time() - t0 > budget_s:
                 log(f"  tune budget ({budget_s:.0f} s) spent")
@@ -190,8 +192,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
                               "command": "mmgen train-demo " + " ".join(argv if argv is not None else sys.argv[1:])}
 
-    def stage_done(name: str, start: float, message: str) -> None:
+    # --reuse keeps an earlier run's stages, and with them what that run recorded about them
+    # (training summaries, timings), read back from the bundle it wrote.
+    previous: dict[str, Any] = {}
+    if args.reuse and (bundle / "model_index.json").is_file():
+        previous = json.loads((bundle / "model_index.json").read_text(encoding="utf-8")).get("training", {})
+    reused: list[str] = []
+
+    def stage_done(name: str, start: float, message: str, was_reused: bool = False) -> None:
         timings[name] = round(time.time() - start, 1)
+        if was_reused:
+            reused.append(name)
+            timings[name] = previous.get("timings_s", {}).get(name, timings[name])
+            if name in previous and name not in record:
+                record[name] = previous[name]
+            message += " (reused)"
         _progress(name, f"{message} in {timings[name]:.0f} s", t0)
 
     def finished(folder: Path) -> bool:
@@ -202,7 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     s = time.time()
     vq_dir = out / "vq"
-    if not finished(vq_dir):
+    vq_reused = finished(vq_dir)
+    if not vq_reused:
         shutil.rmtree(vq_dir, ignore_errors=True)
         record["vq"] = _train(CONFIGS / "vq_shapes.yaml", vq_dir, args.vq_minutes, args.seed,
                               [f"--data.seed={args.seed}"])
@@ -211,23 +227,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vq = VQModel.from_pretrained(vq_dir / "model")
     roundtrip = shapes_reader_roundtrip(vq, n=200)
     record.setdefault("vq", {})["shapes_reader_roundtrip"] = roundtrip
-    stage_done("vq", s, f"VQ trained; shapes reader after the round trip: exact {roundtrip['exact']:.3f}")
+    stage_done("vq", s, f"VQ trained; shapes reader after the round trip: exact {roundtrip['exact']:.3f}", vq_reused)
 
     # 2. codes ---------------------------------------------------------------------------
     from mmgen.data.pretokenize import _ShapesImages, encode_dataset
 
     s = time.time()
     codes_dir = out / "codes"
-    if not (args.reuse and (codes_dir / "meta.json").is_file()):
+    codes_reused = args.reuse and (codes_dir / "meta.json").is_file()
+    if not codes_reused:
         items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size)
         encode_dataset(vq, items, codes_dir, source={"kind": "shapes", "split": "train", "seed": args.seed,
                                                      "n": args.n_images}, overwrite=True, progress=False)
-    stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {vq.config.grid_size}x{vq.config.grid_size} codes")
+    stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {vq.config.grid_size}x{vq.config.grid_size} codes", codes_reused)
 
     # 3. text-to-image -------------------------------------------------------------------
     s = time.time()
     t2i_dir = out / "t2i"
-    if not (args.reuse and (t2i_dir / "model" / "model_index.json").is_file()):
+    t2i_reused = args.reuse and (t2i_dir / "model" / "model_index.json").is_file()
+    if not t2i_reused:
         shutil.rmtree(t2i_dir, ignore_errors=True)
         t2i_args = [f"--data.path={codes_dir}", f"--data.vq={vq_dir / 'model'}"]
         if args.processes > 1:
@@ -235,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                             t2i_args, args.processes, threads=1)
         else:
             record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed, t2i_args)
-    stage_done("t2i", s, "text-to-image model trained")
+    stage_done("t2i", s, "text-to-image model trained", t2i_reused)
 
     # 4. text models ---------------------------------------------------------------------
     corpus = SHAKESPEARE
@@ -254,12 +272,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[train-demo] {name:<6} skipped (--{name}-minutes 0)", flush=True)
             continue
         folder = out / name
-        if not (args.reuse and (folder / "model" / "config.json").is_file()):
+        text_reused = args.reuse and (folder / "model" / "config.json").is_file()
+        if not text_reused:
             shutil.rmtree(folder, ignore_errors=True)
             # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.
             small = ["--model.dim=128", "--model.n_heads=4", "--train.eval_batches=8", "--train.sample_every=0"]
             record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *small])
-        stage_done(name, s, f"{name.upper()} trained on {corpus}")
+        stage_done(name, s, f"{name.upper()} trained on {corpus}", text_reused)
 
     # 5. sampling defaults ---------------------------------------------------------------
     from mmgen.eval.t2i import evaluate_t2i, format_report
@@ -286,18 +305,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if (out / name / "model" / "config.json").is_file():
             _copy_text_model(out / name / "model", tmp / name)
     record["timings_s"] = timings
+    if reused:
+        record["reused_stages"] = reused
+        record["earlier_command"] = previous.get("earlier_command", previous.get("command"))
     pipe.save_pretrained(tmp, dtype=torch.float16, extra={"training": record})
     # The figures are those of the saved (fp16) bundle, on prompts the search never saw.
     shipped = TextToImagePipeline.from_pretrained(tmp)
     results = evaluate_t2i(shipped, n_per_group=args.eval_n, seed=1234, contact_sheet=str(out / "contact_sheet.png"),
-                           progress=False, **{k: v for k, v in defaults.items() if k in ("guidance_scale", "temperature", "top_k", "top_p")})
+                           progress=False, **{k: v for k, v in defaults.items() if k in ("guidance_scale", "temperature", "top_k", "top_p", "candidates")})
     print(format_report(results), flush=True)
     index_path = tmp / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
     index["eval"] = {"command": "mmgen eval t2i --bundle BUNDLE", "n_per_group": args.eval_n, "prompt_seed": 1234,
                      **{g: r for g, r in results.items()}}
     index["training"]["timings_s"] = {**timings, "bundle_and_eval": round(time.time() - s, 1)}
-    index["training"]["total_s"] = round(time.time() - t0, 1)
+    index["training"]["total_s"] = round(sum(index["training"]["timings_s"].values()), 1)  # reused stages included
     from mmgen.config import atomic_write_text
 
     atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")

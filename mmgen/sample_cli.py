@@ -26,8 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the bundle's)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (default: the bundle's)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="sample this many per image and keep the one the model finds most likely (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--out", default="outputs", help="folder for the PNGs (created if needed)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="weights of the transformers (bf16 on a GPU halves memory traffic; default fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (the first call compiles)")
     p.add_argument("--info", metavar="PNG", help="print the generation parameters stored in a PNG and exit")
     return p
 
@@ -52,18 +58,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("mmgen sample: error: give at least one --prompt", file=sys.stderr)
         return 2
     try:
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
         pipe = TextToImagePipeline.from_pretrained(args.bundle or default_bundle())
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        pipe.to(args.device, dtype)
+        pipe.compile = args.compile
         out = Path(args.out)
         written = []
         for prompt in args.prompt:
             images = pipe(
                 prompt, negative_prompt=args.negative_prompt, num_images=args.num_images,
                 guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed,
+                top_p=args.top_p, seed=args.seed, candidates=args.candidates,
             )
             for i, img in enumerate(images):
                 written.append(save_png(img, out / f"{_slug(prompt)}-{args.seed + i}.png"))
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"mmgen sample: error: {e}", file=sys.stderr)
         return 1
     for path in written:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -78,6 +79,40 @@ def test_same_seed_same_image_at_batch_1_and_4():
     again = pipe("a small red circle", num_images=1, seed=11)[0]
     assert single.tobytes() == again.tobytes()
     assert single.size == pipe.image_size == (16, 16)
+
+
+def test_candidates_keep_the_most_likely_of_the_samples():
+    from mmgen.pipelines import MAX_SEED
+    from mmgen.sampling.processors import make_generators
+
+    pipe = make_tiny_pipeline()
+    prompt, C = "a small red circle", 4
+    assert pipe(prompt, seed=3)[0].tobytes() == pipe(prompt, seed=3, candidates=1)[0].tobytes()
+    best = pipe(prompt, num_images=1, seed=3, candidates=C)[0]
+    # the same candidates by hand: candidate j of image 0 draws from seed 3 + j * (MAX_SEED + 1)
+    states, mask = pipe.encode_prompts([prompt] * C)
+    gens = [make_generators(3 + j * (MAX_SEED + 1), 1)[0] for j in range(C)]
+    codes = sample_image_codes(pipe.image_decoder, states, mask, SamplingParams(temperature=1.0, top_k=8), 1.0,
+                               generators=gens)
+    scores = pipe.log_likelihood(states, mask, codes)
+    assert len(set(scores.tolist())) > 1  # the candidates differ, so the choice matters
+    images = pipe.decode_codes(codes)
+    assert best.tobytes() == images[int(scores.argmax())].tobytes()
+    # and it is the same whatever else is in the batch
+    batch = pipe([prompt, "a blue square"], num_images=2, seed=3, candidates=C)
+    assert batch[0].tobytes() == best.tobytes()
+    assert json.loads(best.info["mmgen"])["candidates"] == C
+
+
+def test_log_likelihood_is_the_teacher_forced_sum():
+    pipe = make_tiny_pipeline()
+    states, mask = pipe.encode_prompts(["a red circle"])
+    codes = torch.randint(0, 32, (1, 16))
+    bos = torch.full((1, 1), pipe.image_decoder.config.bos_id)
+    with torch.inference_mode():
+        logits, _ = pipe.image_decoder(torch.cat([bos, codes[:, :-1]], 1), states, mask)
+    expected = sum(float(logits[0, i].log_softmax(-1)[codes[0, i]]) for i in range(16))
+    assert abs(float(pipe.log_likelihood(states, mask, codes)) - expected) < 1e-3
 
 
 def test_cancel_stops_within_one_step():
@@ -161,6 +196,10 @@ def test_png_metadata_round_trip(tmp_path):
         ({"seed": 2**60}, "seed"),
         ({"guidance_scale": -2}, "guidance_scale"),
         ({"prompt": "x" * 50_000}, "characters"),
+        ({"candidates": 0}, "candidates"),
+        ({"candidates": 33}, "candidates"),
+        ({"candidates": True}, "candidates"),
+        ({"num_images": 64, "candidates": 16}, "candidates"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, match):

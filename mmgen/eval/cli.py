@@ -24,6 +24,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t.add_argument("--temperature", type=float, default=None)
     t.add_argument("--top-k", type=int, default=None)
     t.add_argument("--top-p", type=float, default=None)
+    t.add_argument("--candidates", type=int, default=None, help="images sampled per prompt, the most likely kept")
     t.add_argument("--out", default="outputs/eval_t2i", help="folder for the report and the contact sheet")
     args = p.parse_args(argv)
     from ..checkpoint import CheckpointError
@@ -42,6 +43,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             report = evaluate_t2i(
                 pipe, n_per_group=args.n, contact_sheet=str(out / "contact_sheet.png"),
                 guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                candidates=args.candidates,
             )
             print(format_report(report))
     except (CheckpointError, ValueError, FileNotFoundError) as e:

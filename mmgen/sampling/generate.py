@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..nn.kv_cache import KVCache
-from .processors import SamplingParams, draw, make_generators, process
+from .processors import SamplingParams, decode_step, draw, make_generators, process
 
 StepCallback = Callable[[int, torch.Tensor], None]
 
@@ -33,6 +33,7 @@ def generate(
     generators: Optional[Sequence[torch.Generator]] = None,
     callback: Optional[StepCallback] = None,
     cancel: Optional[threading.Event] = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` after each prompt row; returns the new tokens (B, n).
 
@@ -41,6 +42,7 @@ def generate(
     ``eos_token_id`` is finished: it gets ``pad_token_id`` afterwards and the loop stops when all
     rows are finished. ``callback(step, new_tokens)`` runs after every step (streaming);
     ``cancel`` (a threading.Event) is checked before every step and ends the loop early.
+    ``compile`` runs the decode steps through ``torch.compile`` (see :func:`decode_step`).
     """
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     if max_new_tokens < 0:
@@ -72,6 +74,7 @@ def generate(
     logits, _ = model(
         input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions, cache=cache, last_only=True
     )
+    step_model = decode_step(model, compile)
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     history = input_ids  # tokens seen so far, for the repetition penalty
     # Only track finished rows when there is an EOS to finish on: the check reads a tensor back
@@ -92,7 +95,7 @@ def generate(
         if repetition_penalty != 1.0:
             history = torch.cat([history, token[:, None]], dim=1)
         step_mask = None if mask is None else mask[:, : T + step + 1]
-        logits, _ = model(token[:, None], attention_mask=step_mask, position_ids=next_position, cache=cache, last_only=True)
+        logits, _ = step_model(token[:, None], attention_mask=step_mask, position_ids=next_position, cache=cache, last_only=True)
         if next_position is not None:
             next_position = next_position + 1
     return out

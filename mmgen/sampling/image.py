@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..nn.kv_cache import KVCache
-from .processors import SamplingParams, draw, guidance, process
+from .processors import SamplingParams, decode_step, draw, guidance, process
 
 # callback(number of codes sampled so far, codes (B, N) with the unsampled tail set to -1)
 CodesCallback = Callable[[int, torch.Tensor], None]
@@ -41,12 +41,14 @@ def sample_image_codes(
     callback: Optional[CodesCallback] = None,
     callback_every: int = 8,
     cancel: Optional[threading.Event] = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Sample a full code grid for each row of ``context`` (B, Tc, Dc); returns codes (B, N).
 
     ``uncond_context``/``uncond_mask`` are the guidance's unconditional branch (a negative
     prompt's states); by default the decoder's learned null context. ``prefix_codes`` (B, k)
-    are kept as they are and sampling continues after them (image completion).
+    are kept as they are and sampling continues after them (image completion). ``compile`` runs
+    the decode steps through ``torch.compile`` (:func:`mmgen.sampling.processors.decode_step`).
     """
     cfg = decoder.config
     B, N = context.shape[0], cfg.num_codes
@@ -70,6 +72,7 @@ def sample_image_codes(
     dtype = next(decoder.parameters()).dtype
     cache = KVCache.for_config(cfg, rows, max_len=decoder.cache_len(), dtype=dtype, device=context.device)
     logits, _ = decoder(first.repeat(rows // B, 1), context, context_mask, cache=cache, start=0, last_only=True)
+    step_decoder = decode_step(decoder, compile)
     for i in range(k, N):
         if cancel is not None and cancel.is_set():
             raise Cancelled(i)
@@ -81,7 +84,7 @@ def sample_image_codes(
         if callback is not None and ((i + 1 - k) % callback_every == 0 or i == N - 1):
             callback(i + 1, codes.clone())
         if i < N - 1:
-            logits, _ = decoder(token[:, None].repeat(rows // B, 1), context, context_mask, cache=cache, start=i + 1, last_only=True)
+            logits, _ = step_decoder(token[:, None].repeat(rows // B, 1), context, context_mask, cache=cache, start=i + 1, last_only=True)
     return codes
 
 

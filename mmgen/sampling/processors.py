@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -102,6 +102,25 @@ def draw(logits: torch.Tensor, params: SamplingParams, generators: Optional[Sequ
     cdf = probs.cumsum(-1)
     u = u * cdf[:, -1:]  # guards against the sum being a hair below 1
     return torch.searchsorted(cdf, u).clamp(max=probs.size(-1) - 1).squeeze(1)
+
+
+_COMPILED_FORWARD: dict[type, Callable] = {}
+
+
+def decode_step(model, compile: bool = False) -> Callable:
+    """What a sampling loop calls for its one-token decode steps: ``model`` itself, or with
+    ``compile`` its forward through ``torch.compile`` (dynamic shapes, so the cache length growing
+    by one each step does not recompile). The compiled function is kept per model class (it
+    takes the module as its first argument), so compiling once serves every later call and no
+    model is kept alive by the cache. The prefill stays eager: it runs once per call.
+    """
+    if not compile:
+        return model
+    cls = type(model)
+    if cls not in _COMPILED_FORWARD:
+        _COMPILED_FORWARD[cls] = torch.compile(cls.forward, dynamic=True)
+    forward = _COMPILED_FORWARD[cls]
+    return lambda *args, **kwargs: forward(model, *args, **kwargs)
 
 
 def make_generators(seed: int, n: int) -> list[torch.Generator]:
