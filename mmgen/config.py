@@ -275,6 +275,13 @@ class ImageDecoderConfig(TransformerConfig):
     conditioning: Literal["cross", "prefix"] = "cross"  # cross-attention, or text states as a prefix
     grid_position: Literal["learned", "rope"] = "learned"  # learned row + column tables, or 2-D RoPE
     caption_dropout: float = 0.1  # probability of training a row on the null context (for guidance)
+    # How a code is represented, in and out: "table" (a free vector per code, and a free output
+    # row) or "pixels" (an MLP of the code's decoded patch, the same vectors for input and output
+    # logits): codes that look alike get alike vectors, so a code never seen as a training target
+    # can still be drawn (held-out colour-shape pairs need such codes).
+    code_embedding: Literal["table", "pixels"] = "table"
+    code_patch_dim: int = 192  # "pixels": values in a decoded patch (3 x f x f; 3 x 8 x 8 for a x8 VQ)
+    code_mlp_dim: int = 256  # "pixels": hidden width of the patch MLP
     vocab_size: int = 513
     max_len: int = 64
     position: PositionKind = "none"  # positions come from the grid (learned 2-D or 2-D RoPE)

@@ -76,6 +76,13 @@ def test_text_decode_smoke(with_peer):
     _well_formed(results, 2, with_peer)
 
 
+def test_text_decode_compiled_rows():
+    pytest.importorskip("transformers")
+    results = text_decode.run(batches=(1,), threads=1, repeats=1, warmup=1, smoke=True, compile=True)
+    _well_formed(results, 2, True)
+    assert results[1].case.endswith("compiled decode step") and results[1].peer == results[0].peer
+
+
 def test_text_decode_copies_the_peer_weights():
     pytest.importorskip("transformers")
     ours, peer = text_decode.build(text_decode.SMOKE)

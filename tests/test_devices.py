@@ -46,20 +46,28 @@ def test_compiled_image_sampling_equals_eager():
     assert torch.equal(_image_codes(pipe, compile=False), _image_codes(pipe, compile=True))
 
 
+def logits_before_and_after(pipe, device, dtype=None):
+    """Decoder logits for fixed codes and prompt, before and after ``pipe.to(device, dtype)`` (on the CPU)."""
+    codes = torch.randint(0, 32, (1, 16))
+    out = []
+    for move in (False, True):
+        if move:
+            pipe.to(device, dtype)
+        states, mask = pipe.encode_prompts(["a red circle"])
+        with torch.inference_mode():
+            out.append(pipe.image_decoder(codes.to(pipe.device), states, mask)[0].float().cpu())
+    return out
+
+
 def test_pipeline_to_bf16_keeps_the_vq_in_fp32_and_stays_close():
     pipe = make_tiny_pipeline()
-    states, mask = pipe.encode_prompts(["a red circle"])
-    codes = torch.randint(0, 32, (1, 16))
-    with torch.inference_mode():
-        ref, _ = pipe.image_decoder(codes, states, mask)
-    pipe.to("cpu", torch.bfloat16)
+    ref, low = logits_before_and_after(pipe, "cpu", torch.bfloat16)
     assert next(pipe.image_decoder.parameters()).dtype == torch.bfloat16
     assert next(pipe.text_encoder.parameters()).dtype == torch.bfloat16
     assert next(pipe.vq.parameters()).dtype == torch.float32
-    states16, mask16 = pipe.encode_prompts(["a red circle"])
-    with torch.inference_mode():
-        low, _ = pipe.image_decoder(codes, states16, mask16)
-    assert (low.float() - ref).abs().max() < 0.05 * ref.std() + 0.02
+    assert (low - ref).abs().max() < 0.05 * ref.std() + 0.02
+    images = pipe(["a red circle"], num_images=2, seed=0)
+    assert [im.size for im in images] == [(16, 16)] * 2
     images = pipe(["a red circle"], num_images=2, seed=0)
     assert [im.size for im in images] == [(16, 16)] * 2
 
@@ -81,16 +89,8 @@ def test_sample_cli_says_when_cuda_is_missing(tiny_bundle, tmp_path):
 
 @cuda
 def test_cuda_fp32_logits_match_cpu():
-    pipe = make_tiny_pipeline()
-    states, mask = pipe.encode_prompts(["a red circle"])
-    codes = torch.randint(0, 32, (1, 16))
-    with torch.inference_mode():
-        ref, _ = pipe.image_decoder(codes, states, mask)
-    pipe.to("cuda")
-    states, mask = pipe.encode_prompts(["a red circle"])
-    with torch.inference_mode():
-        out, _ = pipe.image_decoder(codes.cuda(), states, mask)
-    torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
+    ref, out = logits_before_and_after(make_tiny_pipeline(), "cuda")
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 @cuda

@@ -19,21 +19,27 @@ from mmgen.sampling.image import Cancelled, sample_image_codes
 from mmgen.sampling.processors import SamplingParams, make_generators
 
 
-def _decoder(conditioning="cross", grid_position="learned"):
+def _decoder(conditioning="cross", grid_position="learned", code_embedding="table"):
     torch.manual_seed(0)
-    return ImageDecoder(
+    dec = ImageDecoder(
         ImageDecoderConfig(
             codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
             max_len=22, dim=32, n_layers=2, n_heads=4, conditioning=conditioning,
             cross_attention=conditioning == "cross", grid_position=grid_position,
+            code_embedding=code_embedding, code_patch_dim=48, code_mlp_dim=16,
         )
     ).eval()
+    if code_embedding == "pixels":
+        dec.code_pixels.copy_(torch.rand(32, 48) * 2 - 1)
+    return dec
 
 
-@pytest.mark.parametrize("conditioning", ["cross", "prefix"])
-@pytest.mark.parametrize("grid_position", ["learned", "rope"])
-def test_cached_equals_uncached_logits(conditioning, grid_position):
-    dec = _decoder(conditioning, grid_position)
+@pytest.mark.parametrize("conditioning,grid_position,code_embedding", [
+    ("cross", "learned", "table"), ("cross", "rope", "table"), ("prefix", "learned", "table"),
+    ("prefix", "rope", "table"), ("cross", "learned", "pixels"), ("prefix", "rope", "pixels"),
+])
+def test_cached_equals_uncached_logits(conditioning, grid_position, code_embedding):
+    dec = _decoder(conditioning, grid_position, code_embedding)
     codes = torch.randint(0, 32, (2, 16))
     inp = torch.cat([torch.full((2, 1), 32), codes[:, :-1]], 1)
     ctx, mask = torch.randn(2, 5, 24), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -43,6 +49,46 @@ def test_cached_equals_uncached_logits(conditioning, grid_position):
         steps = [dec(inp[:, :3], ctx, mask, cache=cache)[0]]
         steps += [dec(inp[:, t : t + 1], ctx, mask, cache=cache, start=t)[0] for t in range(3, 16)]
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_pixel_code_vectors_come_from_the_vq_patches_and_survive_save_load(tmp_path):
+    from mmgen.models.vq import VQConfig, VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=32, code_dim=4, mid_res_blocks=1)).eval()
+    dec = _decoder(code_embedding="pixels")
+    dec.set_code_pixels(vq)
+    # code 5's row is the centre 4x4 patch of a 3x3 grid of code 5, decoded
+    with torch.no_grad():
+        patch = vq.decode(torch.full((1, 3, 3), 5))[0, :, 4:8, 4:8].reshape(-1)
+    assert torch.allclose(dec.code_pixels[5], patch, atol=1e-6)
+    assert dec.head is None and dec.trunk.tok_emb is None
+    # the logits are the hidden states against the code vectors: two codes with the same patch
+    # get the same logit, whatever was trained on either
+    dec.code_pixels[7] = dec.code_pixels[3]
+    ctx, mask = torch.randn(1, 5, 24), torch.ones(1, 5, dtype=torch.long)
+    with torch.no_grad():
+        logits, _ = dec(torch.full((1, 1), 32), ctx, mask)
+    assert torch.allclose(logits[0, 0, 7], logits[0, 0, 3])
+    dec.save_pretrained(tmp_path / "dec")
+    again = ImageDecoder.from_pretrained(tmp_path / "dec").eval()
+    assert torch.equal(again.code_pixels, dec.code_pixels)
+    with torch.no_grad():
+        assert torch.equal(again(torch.full((1, 1), 32), ctx, mask)[0], logits)
+    with pytest.raises(ValueError, match="does not fit"):
+        _decoder(code_embedding="pixels").set_code_pixels(
+            VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=16, code_dim=4, mid_res_blocks=1)))
+
+
+def test_pixel_code_vectors_are_cached_only_while_weights_are_unchanged():
+    dec = _decoder(code_embedding="pixels")
+    with torch.inference_mode():
+        first = dec.code_vectors()
+        assert dec.code_vectors() is first
+    with torch.no_grad():
+        dec.code_mlp[2].bias.add_(1.0)
+    with torch.inference_mode():
+        assert torch.allclose(dec.code_vectors(), first + 1.0, atol=1e-6)
 
 
 def test_guidance_scale_one_equals_conditional_sampling():

@@ -38,8 +38,19 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         if not cross:
             self.prefix_proj = nn.Linear(c.context_dim, c.dim)
         self.null_context = nn.Parameter(torch.randn(1, 1, c.context_dim) * 0.02)  # (1, 1, Dc)
-        self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
-        nn.init.normal_(self.head.weight, std=0.02)
+        if c.code_embedding == "pixels":
+            # codes are described by what they look like: the VQ's decoded patch of each code
+            # (set_code_pixels; saved with the weights) through one MLP, used for input and output
+            self.trunk.tok_emb = None
+            self.register_buffer("code_pixels", torch.zeros(c.codebook_size, c.code_patch_dim))
+            self.code_mlp = nn.Sequential(nn.Linear(c.code_patch_dim, c.code_mlp_dim), nn.GELU(),
+                                          nn.Linear(c.code_mlp_dim, c.dim))
+            self.bos_emb = nn.Parameter(torch.randn(c.dim) * 0.02)
+            self.head = None
+            self._table_cache: Optional[tuple[tuple, torch.Tensor]] = None
+        else:
+            self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
+            nn.init.normal_(self.head.weight, std=0.02)
         rows = torch.arange(c.num_codes) // c.grid_w
         cols = torch.arange(c.num_codes) % c.grid_w
         self.register_buffer("rows", rows, persistent=False)
@@ -55,10 +66,34 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         mask[:, 0] = 1
         return states, mask
 
-    def _grid_inputs(self, codes_in: torch.Tensor, start: int):
+    @torch.no_grad()
+    def set_code_pixels(self, vq) -> None:
+        """Fill ``code_pixels`` from a VQ: each code decoded alone (a 3 x 3 grid of it, centre patch)."""
+        c, f = self.config, vq.config.downsample
+        if vq.config.codebook_size != c.codebook_size or 3 * f * f != c.code_patch_dim:
+            raise ValueError(f"the VQ ({vq.config.codebook_size} codes, {f}x{f} patches) does not fit this decoder "
+                             f"(codebook_size={c.codebook_size}, code_patch_dim={c.code_patch_dim})")
+        codes = torch.arange(c.codebook_size, device=self.code_pixels.device)[:, None, None].expand(-1, 3, 3)
+        pixels = torch.cat([vq.decode(chunk) for chunk in codes.split(256)])  # (K, 3, 3f, 3f)
+        self.code_pixels.copy_(pixels[:, :, f : 2 * f, f : 2 * f].reshape(c.codebook_size, -1).float())
+
+    def code_vectors(self) -> torch.Tensor:
+        """(K, D): each code's vector, the input embedding and the output row ("pixels" mode).
+        Cached outside training while the weights are unchanged (decode steps would redo it)."""
+        if self.training or torch.is_grad_enabled():
+            return self.code_mlp(self.code_pixels)
+        key = tuple((p.data_ptr(), p._version) for p in self.code_mlp.parameters()) + (self.code_pixels._version,)
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self.code_mlp(self.code_pixels))
+        return self._table_cache[1]
+
+    def _grid_inputs(self, codes_in: torch.Tensor, start: int, vectors: Optional[torch.Tensor] = None):
         """Token + 2-D position embeddings for positions [start, start + T) of the grid."""
         T = codes_in.shape[1]
-        x = self.trunk.tok_emb(codes_in)  # (B, T, D)
+        if vectors is None:
+            x = self.trunk.tok_emb(codes_in)  # (B, T, D)
+        else:  # the start token has its own vector after the K code vectors
+            x = F.embedding(codes_in, torch.cat([vectors, self.bos_emb[None].to(vectors.dtype)]))
         rows, cols = self.rows[start : start + T], self.cols[start : start + T]
         rope = None
         if self.config.grid_position == "learned":
@@ -86,14 +121,15 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         B = codes_in.shape[0]
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.long, device=context.device)
-        x, rope = self._grid_inputs(codes_in, start)
+        vectors = self.code_vectors() if c.code_embedding == "pixels" else None
+        x, rope = self._grid_inputs(codes_in, start, vectors)
         if c.conditioning == "cross":
             h = self.trunk(inputs_embeds=x, rope=rope, context=context, context_mask=context_mask, cache=cache)
         else:
             h = self._forward_prefix(x, rope, context, context_mask, cache, start)
         if last_only:
             h = h[:, -1:]
-        logits = self.head(h)  # (B, T, K)
+        logits = self.head(h) if vectors is None else h @ vectors.t().to(h.dtype)  # (B, T, K)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100)

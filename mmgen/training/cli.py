@@ -34,6 +34,8 @@ def run(config_path: Optional[str], overrides: Sequence[str] = (), resume: Optio
     experiment = complete_model_config(experiment, data)
     set_seed(experiment.train.seed)  # the same initial weights on every process
     model = kind.build_model(experiment.model)
+    if data.prepare_model is not None:
+        data.prepare_model(model)
     set_seed(experiment.train.seed + accelerator.process_index)  # but different dropout per process
     trainer = Trainer(model, data, experiment.train, accelerator=accelerator, experiment=experiment)
     return trainer.fit(resume=resume)

@@ -220,7 +220,17 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     train = Subset(codes, range(len(codes) - n_val))
     val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
     export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})})
+    prepare = None
+    if dec.code_embedding == "pixels":
+        if data_cfg.vq is None:
+            raise ConfigError("model.image_decoder.code_embedding=pixels describes codes by their VQ patches: set data.vq")
+
+        def prepare(model: nn.Module) -> None:
+            from mmgen.models.vq import VQModel
+
+            model.image_decoder.set_code_pixels(VQModel.from_pretrained(data_cfg.vq).eval())
     return TrainingData(
+        prepare_model=prepare,
         train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0),
         tokenizer=export, unit="samples",
         info={"codes": f"{len(codes):,} images ({n_val} for validation), grid {meta['grid']}x{meta['grid']}",

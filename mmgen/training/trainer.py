@@ -70,6 +70,7 @@ class TrainingData:
     unit: str = "tokens"  # what the throughput counts: "tokens" (input_ids) or "samples"
     info: dict[str, Any] = field(default_factory=dict)  # logged once at the start (corpus sizes, ...)
     model_fields: dict[str, Any] = field(default_factory=dict)  # what the data says the model needs (vocab_size)
+    prepare_model: Optional[Callable[[nn.Module], None]] = None  # fills what the data knows into a fresh model
 
 
 def make_accelerator(cfg: TrainConfig):

@@ -52,7 +52,8 @@ def build(shape: dict, with_peer: bool = True):
 
 
 def run(
-    batches=(1, 8), threads: int = 2, repeats: int = 5, warmup: int = 1, smoke: bool = False, with_peer: bool = True
+    batches=(1, 8), threads: int = 2, repeats: int = 5, warmup: int = 1, smoke: bool = False, with_peer: bool = True,
+    compile: bool = False,
 ) -> list[Result]:
     setup(threads)
     shape = SMOKE if smoke else FULL
@@ -67,6 +68,9 @@ def run(
             assert out.shape == (batch, n)
 
         sides = {"mmgen": mmgen_side}
+        if compile:  # the same loop with torch.compile'd decode steps (compiled in the warm-up)
+            sides["mmgen_compiled"] = lambda: generate(ours, prompt, max_new_tokens=n, temperature=1.0, top_k=TOP_K,
+                                                       compile=True)
         if peer is not None:
             mask = torch.ones_like(prompt)
 
@@ -87,14 +91,26 @@ def run(
                 cpu_ratio=cpu_ratio(t),
             )
         )
+        if compile:
+            compiled = t["mmgen_compiled"]
+            results.append(
+                Result(
+                    "text decode", f"batch {batch}, {n} new tokens, compiled decode step", "tokens/s",
+                    batch * n / compiled.wall, None if peer is None else batch * n / t["peer"].wall,
+                    "transformers GPT2LMHeadModel.generate",
+                    cpu_ratio=None if peer is None else t["peer"].cpu / compiled.cpu,
+                )
+            )
     return results
 
 
 def main(argv: Optional[list[str]] = None) -> list[Result]:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compile", action="store_true", help="also time mmgen with torch.compile'd decode steps")
     args = parser.parse_args(argv)
-    results = run(args.batch, args.threads, 1 if args.smoke else args.repeats, args.warmup, args.smoke)
+    results = run(args.batch, args.threads, 1 if args.smoke else args.repeats, args.warmup, args.smoke,
+                  compile=args.compile)
     report(results, args.json)
     return results
 
