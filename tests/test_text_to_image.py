@@ -86,7 +86,7 @@ def test_pixel_code_vectors_are_cached_only_while_weights_are_unchanged():
         first = dec.code_vectors()
         assert dec.code_vectors() is first
     with torch.no_grad():
-        dec.code_mlp[2].bias.add_(1.0)
+        dec.code_mlp[3].bias.add_(1.0)
     with torch.inference_mode():
         assert torch.allclose(dec.code_vectors(), first + 1.0, atol=1e-6)
 
