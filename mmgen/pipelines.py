@@ -435,7 +435,7 @@ class TextToImagePipeline:
         )
         if C > 1:
             scores = self.log_likelihood(expand(states), expand(mask), codes).view(C, n)
-            codes = codes.view(C, n, -1)[scores.argmax(0), torch.arange(n)]  # (n, N): each image's best candidate
+            codes = codes.view(C, n, -1)[scores.argmax(0), torch.arange(n, device=codes.device)]  # (n, N): each image's best candidate
         images = self.decode_codes(codes)
         for i, (img, p) in enumerate(zip(images, rows)):
             img.info.update(

@@ -109,6 +109,8 @@ def test_cuda_same_seed_same_image_at_batch_1_and_4():
     one = pipe("a red circle", num_images=1, seed=5)[0]
     four = pipe("a red circle", num_images=4, seed=5)[0]
     assert one.tobytes() == four.tobytes()
+    ranked = pipe("a red circle", num_images=2, seed=5, candidates=4)  # reranking indexes on the GPU too
+    assert len(ranked) == 2
 
 
 @cuda
