@@ -76,7 +76,7 @@ def sample_image_codes(
     for i in range(k, N):
         if cancel is not None and cancel.is_set():
             raise Cancelled(i)
-        step_logits = logits[:, -1]  # (rows, K)
+        step_logits = logits[:, -1].float()  # (rows, K); guidance in fp32 whatever the model dtype
         if use_cfg:
             step_logits = guidance(step_logits[:B], step_logits[B:], guidance_scale)
         token = draw(process(step_logits, params), params, generators)  # (B,)
