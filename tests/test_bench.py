@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
+import gpu  # noqa: E402
 import image_sampling  # noqa: E402
 import text_decode  # noqa: E402
 import text_encoder  # noqa: E402
@@ -160,3 +161,40 @@ def test_dropout_still_applies_in_training_only():
     assert not torch.equal(model(ids)[0], model(ids)[0])
     model.eval()
     assert torch.equal(model(ids)[0], model(ids)[0])
+
+
+# ---- GPU benchmark (runs for real only on CUDA; its FLOP count and smoke mode are checked here) ----
+
+
+@pytest.mark.parametrize("conditioning", ["cross", "prefix"])
+def test_gpu_mfu_flop_count_matches_torch_flop_counter(conditioning):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmgen.models.text_to_image import TextToImage
+
+    cfg = gpu.load_model_config("", smoke=True)
+    dec = cfg.image_decoder.replace(conditioning=conditioning, cross_attention=conditioning == "cross",
+                                    max_len=cfg.image_decoder.num_codes + (8 if conditioning == "prefix" else 0))
+    torch.manual_seed(0)
+    model = TextToImage(cfg.replace(image_decoder=dec)).train()
+    model.image_decoder.config = model.image_decoder.config.replace(caption_dropout=0.0)
+    ids = torch.randint(1, 64, (3, 8))
+    codes = torch.randint(0, 16, (3, 4))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(ids, torch.ones_like(ids), codes)
+        loss.backward()
+    ours = gpu.train_flops_per_sample(model, text_len=8) * 3
+    assert ours == pytest.approx(counter.get_total_flops(), rel=0.05)
+
+
+def test_gpu_benchmark_smoke_on_cpu(tmp_path):
+    out = gpu.main(["--device", "cpu", "--smoke", "--json", str(tmp_path / "gpu.json")])
+    for part in ("training", "sampling"):
+        assert all(math.isfinite(v) and v > 0 for v in out[part].values() if isinstance(v, float))
+    assert 0 < out["training"]["mfu"] < 1 and (tmp_path / "gpu.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_benchmark_says_when_there_is_no_gpu(capsys):
+    assert gpu.main([]) == {}
+    assert "no CUDA device" in capsys.readouterr().out
