@@ -281,6 +281,9 @@ class ImageDecoderConfig(TransformerConfig):
     # can still be drawn (held-out colour-shape pairs need such codes).
     code_embedding: Literal["table", "pixels"] = "table"
     code_patch_dim: int = 192  # "pixels": values in a decoded patch (3 x f x f; 3 x 8 x 8 for a x8 VQ)
+    # "pixels": also the code's VQ latent (+ code_dim values): tells apart codes whose lone patches
+    # are twins (about a third of a shapes VQ's codes), at some cost to generalisation
+    code_latent: bool = False
     code_mlp_dim: int = 256  # "pixels": hidden width of the patch MLP
     vocab_size: int = 513
     max_len: int = 64

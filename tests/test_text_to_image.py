@@ -75,6 +75,10 @@ def test_pixel_code_vectors_come_from_the_vq_patches_and_survive_save_load(tmp_p
     assert torch.equal(again.code_pixels, dec.code_pixels)
     with torch.no_grad():
         assert torch.equal(again(torch.full((1, 1), 32), ctx, mask)[0], logits)
+    latent = ImageDecoder(dec.config.replace(code_latent=True, code_patch_dim=48 + 4))
+    latent.set_code_pixels(vq)  # the patch, then the code's (normalised) VQ latent
+    assert torch.allclose(latent.code_pixels[5, :48], patch, atol=1e-6)
+    assert torch.allclose(latent.code_pixels[:, 48:], vq.quantizer.normalized_codebook(), atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         _decoder(code_embedding="pixels").set_code_pixels(
             VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=16, code_dim=4, mid_res_blocks=1)))

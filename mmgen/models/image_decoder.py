@@ -73,12 +73,16 @@ class ImageDecoder(PretrainedMixin, nn.Module):
     def set_code_pixels(self, vq) -> None:
         """Fill ``code_pixels`` from a VQ: each code decoded alone (a 3 x 3 grid of it, centre patch)."""
         c, f = self.config, vq.config.downsample
-        if vq.config.codebook_size != c.codebook_size or 3 * f * f != c.code_patch_dim:
+        size = 3 * f * f + (vq.config.code_dim if c.code_latent else 0)
+        if vq.config.codebook_size != c.codebook_size or size != c.code_patch_dim:
             raise ValueError(f"the VQ ({vq.config.codebook_size} codes, {f}x{f} patches) does not fit this decoder "
-                             f"(codebook_size={c.codebook_size}, code_patch_dim={c.code_patch_dim})")
+                             f"(codebook_size={c.codebook_size}, code_patch_dim={c.code_patch_dim}, needs {size})")
         codes = torch.arange(c.codebook_size, device=self.code_pixels.device)[:, None, None].expand(-1, 3, 3)
         pixels = torch.cat([vq.decode(chunk) for chunk in codes.split(256)])  # (K, 3, 3f, 3f)
-        self.code_pixels.copy_(pixels[:, :, f : 2 * f, f : 2 * f].reshape(c.codebook_size, -1).float())
+        features = [pixels[:, :, f : 2 * f, f : 2 * f].reshape(c.codebook_size, -1).float()]
+        if c.code_latent:
+            features.append(vq.quantizer.normalized_codebook().to(features[0]))
+        self.code_pixels.copy_(torch.cat(features, dim=1))
 
     def code_vectors(self) -> torch.Tensor:
         """(K, D): each code's vector, the input embedding and the output row ("pixels" mode).
