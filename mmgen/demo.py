@@ -54,45 +54,44 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def _train(config: Path, out: Path, minutes: float, seed: int, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """One ``mmgen train`` run in this process; returns its summary and resolved experiment."""
-    from mmgen.training.cli import run
-    from mmgen.training.config import load_experiment
+def _train(config: Path, out: Path, minutes: float, seed: int, extra: Sequence[str] = (), processes: int = 1,
+           threads: int = 1) -> dict[str, Any]:
+    """One ``mmgen train`` run; returns its summary and resolved experiment.
 
-    overrides = [f"--train.output_dir={out}", f"--train.max_time_s={minutes * 60:.0f}", f"--train.seed={seed}", *extra]
-    summary = run(str(config), overrides)
-    return {"summary": summary, "experiment": load_experiment(str(config), overrides).to_dict()}
-
-
-def _train_launched(config: Path, out: Path, minutes: float, seed: int, extra: Sequence[str], processes: int,
-                    threads: int) -> dict[str, Any]:
-    """The same run as :func:`_train`, data-parallel over ``processes`` Accelerate processes.
-
-    On CPU this is how both cores pay off for a small model: one thread of a width-128
-    transformer is already ~95 % as fast as two, while two processes (gloo DDP, one thread
-    each) train ~1.8x the samples per second. ``train.batch_size`` is the global batch.
+    With ``processes`` > 1 the run is data-parallel over that many Accelerate processes of
+    ``threads`` threads each, launched as a subprocess; otherwise it runs in this process. On a
+    CPU that is how both cores pay off for a small model: one thread of a width-128 transformer
+    is already ~95 % as fast as two, while two processes (gloo DDP, one thread each) train ~1.8x
+    the samples per second. ``train.batch_size`` is the global batch either way.
     """
-    import os
-
-    import torch
-
+    from mmgen.config import read_json
     from mmgen.training.config import load_experiment
 
     overrides = [f"--train.output_dir={out}", f"--train.max_time_s={minutes * 60:.0f}", f"--train.seed={seed}", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if not torch.cuda.is_available():
-        env["ACCELERATE_USE_CPU"] = "true"  # `--cpu --num_processes N` would silently start one process
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "mmgen.training.cli", "--config", str(config), *overrides]
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {processes}-process training run failed (exit {proc.returncode}): {' '.join(cmd)}")
-    summary = json.loads((out / "train_summary.json").read_text(encoding="utf-8"))
-    if summary.get("num_processes") != processes:
-        raise RuntimeError(f"asked for {processes} processes, the run had {summary.get('num_processes')}")
-    return {"summary": summary, "experiment": load_experiment(str(config), overrides).to_dict(),
-            "processes": processes, "threads_per_process": threads}
+    record: dict[str, Any] = {}
+    if processes > 1:
+        import os
+
+        import torch
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if not torch.cuda.is_available():
+            env["ACCELERATE_USE_CPU"] = "true"  # `--cpu --num_processes N` would silently start one process
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "mmgen.training.cli", "--config", str(config), *overrides]
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {processes}-process training run failed (exit {proc.returncode}): {' '.join(cmd)}")
+        summary = read_json(out / "train_summary.json", RuntimeError)
+        if summary.get("num_processes") != processes:
+            raise RuntimeError(f"asked for {processes} processes, the run had {summary.get('num_processes')}")
+        record = {"processes": processes, "threads_per_process": threads}
+    else:
+        from mmgen.training.cli import run
+
+        summary = run(str(config), overrides)
+    return {"summary": summary, "experiment": load_experiment(str(config), overrides).to_dict(), **record}
 
 
 def _mean_exact(results: dict[str, Any]) -> float:
@@ -194,9 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # --reuse keeps an earlier run's stages, and with them what that run recorded about them
     # (training summaries, timings), read back from the bundle it wrote.
+    from mmgen.config import read_json
+
     previous: dict[str, Any] = {}
     if args.reuse and (bundle / "model_index.json").is_file():
-        previous = json.loads((bundle / "model_index.json").read_text(encoding="utf-8")).get("training", {})
+        previous = read_json(bundle / "model_index.json").get("training", {})
     reused: list[str] = []
 
     def stage_done(name: str, start: float, message: str, was_reused: bool = False) -> None:
@@ -247,12 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t2i_reused = args.reuse and (t2i_dir / "model" / "model_index.json").is_file()
     if not t2i_reused:
         shutil.rmtree(t2i_dir, ignore_errors=True)
-        t2i_args = [f"--data.path={codes_dir}", f"--data.vq={vq_dir / 'model'}"]
-        if args.processes > 1:
-            record["t2i"] = _train_launched(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed,
-                                            t2i_args, args.processes, threads=1)
-        else:
-            record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed, t2i_args)
+        record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed,
+                               [f"--data.path={codes_dir}", f"--data.vq={vq_dir / 'model'}"], processes=args.processes)
     stage_done("t2i", s, "text-to-image model trained", t2i_reused)
 
     # 4. text models ---------------------------------------------------------------------
@@ -272,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[train-demo] {name:<6} skipped (--{name}-minutes 0)", flush=True)
             continue
         folder = out / name
-        text_reused = args.reuse and (folder / "model" / "config.json").is_file()
+        text_reused = finished(folder)
         if not text_reused:
             shutil.rmtree(folder, ignore_errors=True)
             # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.

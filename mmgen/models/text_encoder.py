@@ -57,7 +57,6 @@ def load_text_encoder(folder) -> TextEncoder:
     from pathlib import Path
 
     from ..checkpoint import CheckpointError
-
     from ..config import read_json
 
     config_path = Path(folder) / "config.json"

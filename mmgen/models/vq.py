@@ -26,7 +26,6 @@ from mmgen.checkpoint import PretrainedMixin
 from mmgen.config import Config, ConfigError
 
 
-
 @dataclass(frozen=True)
 class VQConfig(Config):
     """Shape and training knobs of the VQ tokenizer.

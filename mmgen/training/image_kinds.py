@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from mmgen.config import Config, ConfigError, TextToImageConfig
+from mmgen.config import Config, ConfigError, TextToImageConfig, read_json
 from mmgen.models.vq import VQConfig
 from mmgen.training.registry import ModelKind, register_kind
 from mmgen.training.trainer import TrainingData
@@ -196,10 +196,7 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     from mmgen.data.pretokenize import CodesDataset, collate_codes
 
     folder = Path(data_cfg.path)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: missing; build the codes folder with `mmgen data pretokenize`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json(folder / "meta.json", FileNotFoundError, "; build the codes folder with `mmgen data pretokenize`")
     dec = model_cfg.image_decoder
     if meta["codebook_size"] != dec.codebook_size or meta["grid"] ** 2 != dec.num_codes:
         raise ConfigError(

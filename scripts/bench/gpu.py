@@ -68,16 +68,11 @@ def train_flops_per_sample(model: TextToImage, text_len: int) -> float:
 
 def load_model_config(config_path: str, smoke: bool) -> TextToImageConfig:
     """The ``model`` section of an experiment YAML as a TextToImageConfig (text vocabulary 4,096),
-    or tiny shapes with ``smoke``."""
-    from mmgen.config import ImageDecoderConfig, TextEncoderConfig
-
+    or with ``smoke`` the tiny shapes the other benchmarks smoke-test with (``t2i_models.SMOKE``)."""
     if smoke:
-        return TextToImageConfig(
-            text_encoder=TextEncoderConfig(vocab_size=64, max_len=8, dim=32, n_layers=1, n_heads=2),
-            image_decoder=ImageDecoderConfig(codebook_size=16, vocab_size=17, grid_h=2, grid_w=2, max_len=4,
-                                             context_dim=32, context_len=8, dim=32, n_layers=1, n_heads=2,
-                                             grid_position="rope"),
-        )
+        import t2i_models
+
+        return t2i_models.build_mmgen(t2i_models.SMOKE).config
     from mmgen.training.config import load_experiment
 
     experiment = load_experiment(config_path, [])
