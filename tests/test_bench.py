@@ -198,3 +198,33 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
 def test_gpu_benchmark_says_when_there_is_no_gpu(capsys):
     assert gpu.main([]) == {}
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_precision_benchmark_smoke():
+    import precision
+
+    results = precision.main(["--smoke"])
+    assert len(results) == 2
+    for r in results.values():
+        assert r["fp32"] > 0 and r["bf16"] > 0
+
+
+def test_vq_codes_analysis_on_a_tiny_vq(tmp_path):
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH.parent))
+    import vq_codes
+
+    from mmgen.models.vq import VQConfig, VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=32, code_dim=4, mid_res_blocks=1))
+    vq.save_pretrained(tmp_path / "vq")
+    (tmp_path / "codes").mkdir()
+    np.save(tmp_path / "codes" / "codes.npy", np.arange(16).reshape(1, 16))  # codes 16..31 never a target
+    out = vq_codes.main(["--vq", str(tmp_path / "vq"), "--codes", str(tmp_path / "codes"), "--n", "4",
+                         "--thresholds", "0.0", "100.0"])
+    assert 0.0 <= out["heldout_single_needing_unseen_code"] <= 1.0
+    assert 0 <= out["twin_codes"] <= 32 and 0.0 <= out["twin_occurrence_share"] <= 1.0
+    assert out["merge"][0.0]["classes"] == 32  # nothing is within distance 0 of another code
+    assert out["merge"][100.0]["classes"] == 1  # everything is within 100
