@@ -217,8 +217,13 @@ class Trainer:
                             limit=cfg.checkpoint_limit)
             self._log(f"step {step}: checkpoint saved")
 
-        bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, dynamic_ncols=True,
-                   desc="train")
+        # A run that ends on its time budget counts seconds on the bar (with the step in the postfix),
+        # so the bar fills and its ETA is the budget's, not that of max_steps it will never reach.
+        by_time = cfg.max_time_s is not None
+        bar = tqdm(total=cfg.max_time_s if by_time else cfg.max_steps, initial=min(elapsed, cfg.max_time_s) if by_time else step,
+                   disable=not acc.is_main_process, dynamic_ncols=True, desc="train",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+                   if by_time else None)
         t0 = time.perf_counter() - elapsed  # the clock continues across resumes
         interval = {"loss": 0.0, "steps": 0, "units": 0.0, "t": time.perf_counter(), "skipped": 0}
         last_loss, last_val, last_ckpt_step = float("nan"), None, step
@@ -280,8 +285,12 @@ class Trainer:
 
                 now = time.perf_counter()
                 rate = interval["units"] / max(now - interval["t"], 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", **{f"{data.unit[:3]}/s": f"{rate:,.0f}"})
+                if by_time:
+                    bar.update(min(elapsed, cfg.max_time_s) - bar.n)
+                else:
+                    bar.update(1)
+                bar.set_postfix(**({"step": f"{step:,}"} if by_time else {}), loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
+                                **{f"{data.unit[:3]}/s": f"{rate:,.0f}"})
                 done = step >= cfg.max_steps or (cfg.max_time_s is not None and elapsed >= cfg.max_time_s)
 
                 if step % cfg.log_every == 0 or done:
