@@ -52,3 +52,15 @@ def test_eval_cli_t2i(tiny_bundle, tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["summary"]) == set(GROUPS)
     assert main(["t2i", "--bundle", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
+
+
+def test_eval_cli_prompt_seed_picks_the_prompts(tiny_bundle, tmp_path, monkeypatch):
+    """--prompt-seed reaches evaluate_t2i (default 1234, the bundle's reported evaluation)."""
+    import mmgen.eval.t2i as t2i
+
+    seeds = []
+    real = t2i.evaluate_t2i
+    monkeypatch.setattr(t2i, "evaluate_t2i", lambda pipe, **kw: seeds.append(kw["seed"]) or real(pipe, **kw))
+    for extra in ([], ["--prompt-seed", "999"]):
+        assert main(["t2i", "--bundle", str(tiny_bundle), "--n", "1", "--out", str(tmp_path), *extra]) == 0
+    assert seeds == [1234, 999]

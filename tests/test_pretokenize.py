@@ -48,3 +48,19 @@ def test_cli_and_missing_files(vq, tmp_path, capsys):
     (tmp_path / "c" / "meta.json").unlink()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         CodesDataset(tmp_path / "c", None, 8)
+
+
+def test_two_object_share(vq, tmp_path, capsys):
+    """--two-objects sets the share of two-object scenes, is recorded in meta.json, and is range-checked."""
+    import json
+
+    _, vq_path = vq
+    assert main(["--vq", str(vq_path), "--n", "40", "--two-objects", "1", "--out", str(tmp_path / "c")]) == 0
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["source"]["p_two_objects"] == 1.0
+    captions = [json.loads(line)["text"] for line in (tmp_path / "c" / "captions.jsonl").read_text().splitlines()]
+    two = _ShapesImages(40, "train", 0, 16, p_two_objects=1.0)
+    assert captions == [two.ds[i]["caption"] for i in range(40)]
+    assert all(len(two.ds[i]["scene"].objects) == 2 for i in range(40))
+    assert main(["--vq", str(vq_path), "--n", "4", "--two-objects", "1.5", "--out", str(tmp_path / "d")]) == 1
+    assert "p_two_objects must be in [0, 1]" in capsys.readouterr().err

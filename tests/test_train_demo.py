@@ -22,12 +22,14 @@ def train_demo(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = train_demo("--out", str(out), "--processes", "2", *TINY)
+    proc = train_demo("--out", str(out), "--processes", "2", "--two-objects", "1",
+                      "--t2i-override=--model.text_encoder.n_layers=1", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
 
 def test_every_stage_runs_and_the_bundle_draws(demo_run):
+    from mmgen.data.shapes import parse_caption
     from mmgen.pipelines import TextToImagePipeline
 
     out, proc = demo_run
@@ -39,6 +41,37 @@ def test_every_stage_runs_and_the_bundle_draws(demo_run):
     index = json.loads((out / "bundle" / "model_index.json").read_text())
     assert set(index["eval"]["summary"]) == {"single_seen", "single_heldout", "relation_seen", "relation_heldout"}
     assert index["training"]["timings_s"]["t2i"] > 0
+    # the options reached their stages: every pretokenized scene has two objects, the encoder one layer
+    assert json.loads((out / "codes" / "meta.json").read_text())["source"]["p_two_objects"] == 1.0
+    captions = [json.loads(line)["text"] for line in (out / "codes" / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 200 and all(len(parse_caption(c).objects) == 2 for c in captions)
+    assert pipe.text_encoder.config.n_layers == 1
+    assert index["training"]["t2i"]["experiment"]["model"]["text_encoder"]["n_layers"] == 1
+
+
+def test_tune_searches_the_grid_then_candidates(monkeypatch):
+    """The sampling search measures every grid point, keeps the best, tries reranking at the best,
+    and stops on its budget with the best so far."""
+    import mmgen.eval.t2i as t2i
+    from mmgen import demo
+
+    def fake_eval(pipe, guidance_scale, top_k, temperature, candidates, **_):
+        # one best point on the grid; reranking helps a little there
+        score = 0.5 - abs(guidance_scale - 1.25) - 0.01 * abs(top_k - 2) - 0.1 * abs(temperature - 0.7)
+        score += 0.05 * (candidates > 1)
+        return {**{g: {"model": {"exact": score}} for g in t2i.GROUPS}, "summary": {"score": score}}
+
+    monkeypatch.setattr(t2i, "evaluate_t2i", fake_eval)
+    best, trials = demo.tune_sampling(None, n_per_group=1, seed=0, budget_s=60, log=lambda *_: None)
+    # top-k 1 is greedy: measured at one temperature only
+    grid = len(demo.GUIDANCE) * ((len(demo.TOP_K) - 1) * len(demo.TEMPERATURE) + 1)
+    assert len(trials) == grid + len(demo.CANDIDATES) - 1
+    assert sum(t["top_k"] == 1 for t in trials) == len(demo.GUIDANCE)
+    assert (best["guidance_scale"], best["top_k"], best["temperature"]) == (1.25, 2, 0.7)
+    assert best["candidates"] == max(demo.CANDIDATES)
+    best, trials = demo.tune_sampling(None, n_per_group=1, seed=0, budget_s=0, log=lambda *_: None)
+    assert len(trials) == 1
+    assert best == {k: trials[0][k] for k in best} and best["guidance_scale"] == demo.GUIDANCE[0]
 
 
 def test_text_to_image_stage_ran_on_two_processes(demo_run):

@@ -118,11 +118,11 @@ def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, tor
 
 
 class _ShapesImages(Dataset):
-    def __init__(self, n: int, split: str, seed: int, image_size: int):
+    def __init__(self, n: int, split: str, seed: int, image_size: int, **overrides: Any):
         from .folder import image_to_tensor
         from .shapes import ShapesDataset
 
-        self.ds = ShapesDataset(split=split, seed=seed, length=n, image_size=image_size)
+        self.ds = ShapesDataset(split=split, seed=seed, length=n, image_size=image_size, **overrides)
         self.to_tensor = image_to_tensor
 
     def __len__(self) -> int:
@@ -144,6 +144,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--split", default="train", help="shapes split: train or heldout")
     p.add_argument("--n", type=int, default=50_000, help="number of shapes images")
     p.add_argument("--seed", type=int, default=0, help="shapes dataset seed")
+    p.add_argument("--two-objects", type=float, default=None, metavar="P",
+                   help="share of shapes scenes with two objects (default: the shapes world's, 0.5)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true")
@@ -155,8 +157,9 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         vq = VQModel.from_pretrained(args.vq)
         size = vq.config.image_size
         if args.source == "shapes":
-            items = _ShapesImages(args.n, args.split, args.seed, size)
-            source = {"kind": "shapes", "split": args.split, "seed": args.seed, "n": args.n}
+            world = {} if args.two_objects is None else {"p_two_objects": args.two_objects}
+            items = _ShapesImages(args.n, args.split, args.seed, size, **world)
+            source = {"kind": "shapes", "split": args.split, "seed": args.seed, "n": args.n, **world}
         else:
             if not args.path:
                 p.error("--path is required with --source folder")

@@ -25,6 +25,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     t.add_argument("--top-k", type=int, default=None)
     t.add_argument("--top-p", type=float, default=None)
     t.add_argument("--candidates", type=int, default=None, help="images sampled per prompt, the most likely kept")
+    t.add_argument("--prompt-seed", type=int, default=1234,
+                   help="which prompts: 1234 is the bundle's reported evaluation, 999 the prompts train-demo's search tunes on")
     t.add_argument("--out", default="outputs/eval_t2i", help="folder for the report and the contact sheet")
     args = p.parse_args(argv)
     from ..checkpoint import CheckpointError
@@ -41,7 +43,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             pipe = TextToImagePipeline.from_pretrained(args.bundle or default_bundle())
             report = evaluate_t2i(
-                pipe, n_per_group=args.n, contact_sheet=str(out / "contact_sheet.png"),
+                pipe, n_per_group=args.n, seed=args.prompt_seed, contact_sheet=str(out / "contact_sheet.png"),
                 guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 candidates=args.candidates,
             )
