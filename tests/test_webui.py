@@ -76,6 +76,21 @@ def test_txt2img_streams_previews_then_pngs_equal_to_the_pipeline(server):
     assert not list(demo.studio.outputs_dir.rglob("*.tmp*")), "PNGs are written atomically"
 
 
+def test_samples_per_image_rerank_like_the_pipeline(server):
+    """The "samples per image" control reaches the pipeline: the PNGs are its reranked images,
+    their metadata and the history record say how many were sampled."""
+    demo, _, c = server
+    gallery, _, infos = c.predict(PROMPT, "", 2, 1.0, 1.0, 8, 1.0, 21, 3, api_name="/txt2img")
+    expected = demo.studio.t2i(PROMPT, num_images=2, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0,
+                               seed=21, candidates=3)
+    plain = demo.studio.t2i(PROMPT, num_images=2, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=21)
+    assert any(not np.array_equal(np.asarray(e), np.asarray(p)) for e, p in zip(expected, plain))
+    for item, want in zip(gallery, expected):
+        assert np.array_equal(_pixels(item["image"]), np.asarray(want))
+        assert read_png_metadata(item["image"])["candidates"] == 3
+    assert demo.studio.store.get(infos[0]["history_id"]).params["candidates"] == 3
+
+
 def test_history_rows_found_by_keyword_and_semantic_search(server):
     demo, _, c = server
     _, _, infos = _txt2img(c, prompt="a yellow circle to the left of a purple square", seed=11)
@@ -83,7 +98,7 @@ def test_history_rows_found_by_keyword_and_semantic_search(server):
     record = demo.studio.store.get(record_id)
     assert record.kind == "txt2img" and record.seed == 11 and record.model_id == "tiny-test"
     assert record.params == {"num_images": 2, "guidance_scale": 1.0, "temperature": 1.0, "top_k": 8, "top_p": 1.0,
-                             "size": [16, 16]}
+                             "candidates": 1, "size": [16, 16]}
     assert all((demo.studio.outputs_dir / f).is_file() for f in record.files)
     manifest = [json.loads(line) for line in (demo.studio.outputs_dir / "history.jsonl").read_text().splitlines()]
     assert record_id in [row["id"] for row in manifest]
@@ -104,15 +119,15 @@ def test_history_rows_found_by_keyword_and_semantic_search(server):
 
 def test_restore_gives_back_the_same_parameters(server):
     _, _, c = server
-    _, _, infos = _txt2img(c, prompt="a white triangle above an orange circle", negative="blue", n=1,
-                           guidance=2.5, temperature=0.7, top_k=5, top_p=0.9, seed=2**53)
+    _, _, infos = c.predict("a white triangle above an orange circle", "blue", 1, 2.5, 0.7, 5, 0.9, 2**53, 2,
+                            api_name="/txt2img")
     restored, *form = c.predict(infos[0]["history_id"], api_name="/history_restore")
     assert restored["prompt"] == "a white triangle above an orange circle" and restored["negative_prompt"] == "blue"
     assert restored["seed"] == 2**53 and restored["kind"] == "txt2img"
     assert restored["params"] == {"num_images": 1, "guidance_scale": 2.5, "temperature": 0.7, "top_k": 5,
-                                  "top_p": 0.9, "size": [16, 16]}
+                                  "top_p": 0.9, "candidates": 2, "size": [16, 16]}
     # the text-to-image form comes first among the filled fields
-    assert form[:8] == ["a white triangle above an orange circle", "blue", 1, 2.5, 0.7, 5, 0.9, 2**53]
+    assert form[:9] == ["a white triangle above an orange circle", "blue", 1, 2.5, 0.7, 5, 0.9, 2**53, 2]
 
 
 def test_png_info_reads_parameters_back(server):

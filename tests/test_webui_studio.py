@@ -39,6 +39,9 @@ def _image_request(studio, **changes):
         (dict(seed=-2), r"seed must be -1 \(random\)"),
         (dict(seed=1.5), "seed must be a whole number"),
         (dict(seed=True), "seed must be a whole number"),
+        (dict(candidates=0), r"samples per image must be in \[1, 8\]"),
+        (dict(candidates=9), r"samples per image must be in \[1, 8\]"),
+        (dict(candidates=1.5), "samples per image must be a whole number"),
     ],
 )
 def test_image_request_messages_name_the_field(studio, changes, message):
@@ -50,6 +53,14 @@ def test_image_request_accepts_gradio_numbers(studio):
     req = _image_request(studio, num_images=2.0, top_k=None, top_p=None, seed=float(2**53), negative_prompt="  ")
     assert (req.num_images, req.top_k, req.top_p, req.seed, req.negative_prompt) == (2, 0, 1.0, 2**53, None)
     assert 0 <= check_seed(-1) < 2**32 and 0 <= check_seed(None) < 2**32
+
+
+def test_samples_per_image_default_to_the_bundle(studio, monkeypatch):
+    assert _image_request(studio).candidates == studio.t2i.defaults.get("candidates", 1) == 1
+    monkeypatch.setitem(studio.t2i.defaults, "candidates", 4)
+    assert _image_request(studio).candidates == 4 and studio.image_defaults()["candidates"] == 4
+    assert _image_request(studio, candidates=2.0).candidates == 2
+    assert _image_request(studio, candidates=2).params()["candidates"] == 2
 
 
 def test_missing_text_models_say_so(studio):

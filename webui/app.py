@@ -274,31 +274,33 @@ def build_app(
         # ---- text to image -----------------------------------------------------------------
 
         def txt2img(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed,
-                    request: gr.Request):
+                    candidates=None, request: gr.Request = None):
             """Generate images; streams previews, then the saved PNGs (file paths keep their metadata)."""
             user, session = _who(request, auth_on)
             with _user_errors():
-                req = s.image_request(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed)
+                req = s.image_request(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed,
+                                      candidates)
                 yield from _stream_images(s.generate_images(req, user, session), req.seed)
 
         def complete(image, keep_rows, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k,
-                     top_p, seed, request: gr.Request):
+                     top_p, seed, candidates=None, request: gr.Request = None):
             """Keep the top rows of an image's codes and sample the rest from the prompt."""
             user, session = _who(request, auth_on)
             with _user_errors():
                 if image is None:
                     raise RequestError("upload a start image first")
-                req = s.image_request(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed)
+                req = s.image_request(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed,
+                                      candidates)
                 yield from _stream_images(s.generate_images(req, user, session, image=image, keep_rows=keep_rows), req.seed)
 
         t_inputs = [t["prompt"], t["negative_prompt"], t["num_images"], t["guidance_scale"], t["temperature"],
-                    t["top_k"], t["top_p"], t["seed"]]
+                    t["top_k"], t["top_p"], t["seed"], t["candidates"]]
         t_event = gr.on(
             [t_go.click, t["prompt"].submit], txt2img, t_inputs, [t_gallery, t_status, t_info, t_results],
             api_name="txt2img", **model_event,
         )
         c_inputs = [c_image, c_rows, c["prompt"], c["negative_prompt"], c["num_images"], c["guidance_scale"],
-                    c["temperature"], c["top_k"], c["top_p"], c["seed"]]
+                    c["temperature"], c["top_k"], c["top_p"], c["seed"], c["candidates"]]
         c_event = c_go.click(complete, c_inputs, [c_gallery, c_status, c_info, c_results], api_name="complete", **model_event)
 
         def stop(request: gr.Request) -> str:
@@ -355,7 +357,7 @@ def build_app(
 
         p_image.upload(png_info, p_image, [p_text, p_json], api_name="png_info")
         t_form = [t["prompt"], t["negative_prompt"], t["num_images"], t["guidance_scale"], t["temperature"],
-                  t["top_k"], t["top_p"], t["seed"]]
+                  t["top_k"], t["top_p"], t["seed"], t["candidates"]]
 
         def send_to_txt2img(meta):
             if not meta:
@@ -494,7 +496,7 @@ def build_app(
 
         g_form = [g_prompt, g_max, g_temp, g_topk, g_topp, g_rep, g_seed]
         c_form = [c["prompt"], c["negative_prompt"], c["num_images"], c["guidance_scale"], c["temperature"],
-                  c["top_k"], c["top_p"], c["seed"], c_rows]
+                  c["top_k"], c["top_p"], c["seed"], c["candidates"], c_rows]
         m_form = [m_text, m_topk]
 
         def history_restore(record_id, request: gr.Request):
@@ -546,6 +548,8 @@ def _image_form(prefix: str, s: Studio, defaults: dict) -> dict[str, gr.componen
         form["top_k"] = gr.Slider(0, s.t2i.image_decoder.config.codebook_size, value=defaults["top_k"], step=1,
                                   label="Top-k (0 = off)")
         form["top_p"] = gr.Slider(0.05, 1, value=defaults["top_p"], step=0.01, label="Top-p (1 = off)")
+        form["candidates"] = gr.Slider(1, lim.max_candidates, value=min(defaults["candidates"], lim.max_candidates),
+                                       step=1, label="Samples per image (the most likely is kept)")
     form["seed"] = _seed_row(prefix)
     return form
 
@@ -567,11 +571,13 @@ def _gallery(label: str, elem_id: str, columns: int = 4) -> gr.Gallery:
 
 
 def _image_form_values(meta: dict, seed: Any, num_images: int) -> list:
-    """Values for [prompt, negative, images, guidance, temperature, top-k, top-p, seed] from parameters."""
+    """Values for [prompt, negative, images, guidance, temperature, top-k, top-p, seed, samples per image]
+    from parameters (a PNG without a candidates field was sampled plainly: 1)."""
     return [
         meta.get("prompt", ""), meta.get("negative_prompt") or "", num_images,
         meta.get("guidance_scale", gr.skip()), meta.get("temperature", gr.skip()),
         meta.get("top_k") or 0, meta.get("top_p") or 1.0, seed if seed is not None else -1,
+        meta.get("candidates") or 1,
     ]
 
 

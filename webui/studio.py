@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mmgen.pipelines import (
+    MAX_CANDIDATES,
     MAX_IMAGES,
     MAX_SEED,
     FillMaskPipeline,
@@ -55,6 +56,7 @@ class Limits:
     max_fill_top_k: int = 20
     max_temperature: float = 5.0
     max_guidance: float = 30.0
+    max_candidates: int = min(8, MAX_CANDIDATES)  # samples per image shown (reranking), each one more image's work
     max_repetition_penalty: float = 2.0
     history_search_depth: int = 200  # search results fetched, then paginated
 
@@ -169,11 +171,12 @@ class ImageRequest:
     top_k: int  # 0: off
     top_p: float  # 1: off
     seed: int
+    candidates: int = 1  # images sampled per image shown, the most likely kept (1: plain sampling)
 
     def params(self) -> dict[str, Any]:
         return {
             "num_images": self.num_images, "guidance_scale": self.guidance_scale,
-            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "candidates": self.candidates,
         }
 
 
@@ -263,6 +266,7 @@ class Studio:
         return {
             "guidance_scale": float(d["guidance_scale"]), "temperature": float(d["temperature"]),
             "top_k": int(d["top_k"] or 0), "top_p": float(d["top_p"] or 1.0),
+            "candidates": int(d.get("candidates") or 1),
         }
 
     @property
@@ -299,7 +303,7 @@ class Studio:
     # ---- text to image and image completion ---------------------------------------------------
 
     def image_request(
-        self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed
+        self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed, candidates=None
     ) -> ImageRequest:
         lim = self.limits
         prompt = check_prompt(prompt, lim)
@@ -310,6 +314,11 @@ class Studio:
         top_k = _integral(top_k if top_k is not None else 0, "top-k")
         if top_k < 0:
             raise RequestError(f"top-k must be 0 (off) or a positive whole number, got {top_k}")
+        # None: the bundle's measured default
+        candidates = _integral(candidates if candidates is not None else self.t2i.defaults.get("candidates", 1),
+                               "samples per image")
+        if not 1 <= candidates <= lim.max_candidates:
+            raise RequestError(f"samples per image must be in [1, {lim.max_candidates}], got {candidates}")
         return ImageRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -319,6 +328,7 @@ class Studio:
             top_k=top_k,
             top_p=_in_range(top_p if top_p is not None else 1.0, "top-p", 0.0, 1.0, low_open=True),
             seed=check_seed(seed),
+            candidates=candidates,
         )
 
     def truncation_notice(
@@ -369,7 +379,7 @@ class Studio:
 
             kwargs = dict(
                 negative_prompt=req.negative_prompt, num_images=req.num_images, guidance_scale=req.guidance_scale,
-                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
+                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed, candidates=req.candidates,
                 callback=on_preview, callback_every=every, cancel=stop,
             )
             if image is None:
