@@ -118,25 +118,26 @@ def tune_sampling(pipe, n_per_group: int, seed: int, budget_s: float, log=print)
     t0 = time.time()
     best, best_score = None, -1.0
     trials = []
-    # greedy sampling (top-k 1) ignores the temperature and draws the same image every time (nothing to rerank)
-    grid = [{"guidance_scale": g, "top_k": k, "temperature": t, "top_p": None, "candidates": 1}
-            for g, k, t in itertools.product(GUIDANCE, TOP_K, TEMPERATURE) if k != 1 or t == TEMPERATURE[0]]
-    for phase in ("grid", "candidates"):
-        if phase == "grid":
-            settings_list = grid
-        else:
-            settings_list = [{**best, "candidates": n} for n in CANDIDATES[1:]] if best["top_k"] != 1 else []
-        for settings in settings_list:
-            if best is not None and time.time() - t0 > budget_s:
-                log(f"  tune budget ({budget_s:.0f} s) spent")
-                return best, trials
-            r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, **settings)
-            score = _mean_exact(r)
-            trials.append({**settings, "mean_exact": round(score, 4), "summary": r["summary"]})
-            log(f"  guidance {settings['guidance_scale']:<4} top_k {settings['top_k']!s:<4} temperature "
-                f"{settings['temperature']:<4} candidates {settings['candidates']:<2} -> mean exact {score:.3f} {r['summary']}")
-            if score > best_score:
-                best, best_score = settings, score
+
+    def to_measure():
+        # greedy sampling (top-k 1) ignores the temperature and draws the same image every time
+        for g, k, t in itertools.product(GUIDANCE, TOP_K, TEMPERATURE):
+            if k != 1 or t == TEMPERATURE[0]:
+                yield {"guidance_scale": g, "top_k": k, "temperature": t, "top_p": None, "candidates": 1}
+        if best["top_k"] != 1:  # then reranking at the best (nothing to rerank for greedy)
+            yield from ({**best, "candidates": n} for n in CANDIDATES[1:])
+
+    for settings in to_measure():
+        if best is not None and time.time() - t0 > budget_s:
+            log(f"  tune budget ({budget_s:.0f} s) spent")
+            break
+        r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, **settings)
+        score = _mean_exact(r)
+        trials.append({**settings, "mean_exact": round(score, 4), "summary": r["summary"]})
+        log(f"  guidance {settings['guidance_scale']:<4} top_k {settings['top_k']!s:<4} temperature "
+            f"{settings['temperature']:<4} candidates {settings['candidates']:<2} -> mean exact {score:.3f} {r['summary']}")
+        if score > best_score:
+            best, best_score = settings, score
     return best, trials
 
 
@@ -249,9 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     codes_reused = args.reuse and (codes_dir / "meta.json").is_file()
     if not codes_reused:
         items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size, p_two_objects=args.two_objects)
-        encode_dataset(vq, items, codes_dir, source={"kind": "shapes", "split": "train", "seed": args.seed,
-                                                     "n": args.n_images, "p_two_objects": args.two_objects},
-                       overwrite=True, progress=False)
+        encode_dataset(vq, items, codes_dir, source=items.source, overwrite=True, progress=False)
     stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {vq.config.grid_size}x{vq.config.grid_size} codes", codes_reused)
 
     # 3. text-to-image -------------------------------------------------------------------

@@ -315,7 +315,7 @@ class Studio:
         if top_k < 0:
             raise RequestError(f"top-k must be 0 (off) or a positive whole number, got {top_k}")
         # None: the bundle's measured default
-        candidates = _integral(candidates if candidates is not None else self.t2i.defaults.get("candidates", 1),
+        candidates = _integral(candidates if candidates is not None else self.image_defaults()["candidates"],
                                "samples per image")
         if not 1 <= candidates <= lim.max_candidates:
             raise RequestError(f"samples per image must be in [1, {lim.max_candidates}], got {candidates}")

@@ -124,6 +124,8 @@ class _ShapesImages(Dataset):
 
         self.ds = ShapesDataset(split=split, seed=seed, length=n, image_size=image_size, **overrides)
         self.to_tensor = image_to_tensor
+        # what meta.json records as the codes' source: enough to draw the same images again
+        self.source = {"kind": "shapes", "split": split, "seed": seed, "n": n, **overrides}
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -159,7 +161,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         if args.source == "shapes":
             world = {} if args.two_objects is None else {"p_two_objects": args.two_objects}
             items = _ShapesImages(args.n, args.split, args.seed, size, **world)
-            source = {"kind": "shapes", "split": args.split, "seed": args.seed, "n": args.n, **world}
+            source = items.source
         else:
             if not args.path:
                 p.error("--path is required with --source folder")

@@ -228,7 +228,7 @@ class Trainer:
         interval = {"loss": 0.0, "steps": 0, "units": 0.0, "t": time.perf_counter(), "skipped": 0}
         last_loss, last_val, last_ckpt_step = float("nan"), None, step
         try:
-            while step < cfg.max_steps and not (cfg.max_time_s is not None and elapsed >= cfg.max_time_s):
+            while step < cfg.max_steps and not (by_time and elapsed >= cfg.max_time_s):
                 lr = lr_at(cfg, step, elapsed)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -291,7 +291,7 @@ class Trainer:
                     bar.update(1)
                 bar.set_postfix(**({"step": f"{step:,}"} if by_time else {}), loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
                                 **{f"{data.unit[:3]}/s": f"{rate:,.0f}"})
-                done = step >= cfg.max_steps or (cfg.max_time_s is not None and elapsed >= cfg.max_time_s)
+                done = step >= cfg.max_steps or (by_time and elapsed >= cfg.max_time_s)
 
                 if step % cfg.log_every == 0 or done:
                     row = {
