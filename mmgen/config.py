@@ -279,7 +279,13 @@ class ImageDecoderConfig(TransformerConfig):
     # row) or "pixels" (an MLP of the code's decoded patch, the same vectors for input and output
     # logits): codes that look alike get alike vectors, so a code never seen as a training target
     # can still be drawn (held-out colour-shape pairs need such codes).
-    code_embedding: Literal["table", "pixels"] = "table"
+    # Or "factors" (mmgen.models.code_factors): the code's source patch as dark colour, light colour
+    # and bitmap, one embedding table and one output head per factor, logits summed; codes with the
+    # same factors share one canonical code.
+    code_embedding: Literal["table", "pixels", "factors"] = "table"
+    # "factors": ids available per factor (dark colour, light colour incl. "one colour", bitmap);
+    # a VQ needing more is refused when the factors are set
+    code_factor_sizes: tuple[int, int, int] = (16, 17, 64)
     code_patch_dim: int = 192  # "pixels": values in a decoded patch (3 x f x f; 3 x 8 x 8 for a x8 VQ)
     # "pixels": also the code's VQ latent (+ code_dim values): tells apart codes whose lone patches
     # are twins (about a third of a shapes VQ's codes), at some cost to generalisation
@@ -301,6 +307,8 @@ class ImageDecoderConfig(TransformerConfig):
             raise ConfigError("cross_attention must be true exactly when conditioning is 'cross'")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if len(self.code_factor_sizes) != 3 or min(self.code_factor_sizes) < 1:
+            raise ConfigError(f"code_factor_sizes must be three positive sizes, got {self.code_factor_sizes}")
 
     @property
     def num_codes(self) -> int:

@@ -1,4 +1,4 @@
-"""What a shapes VQ's codes mean for text-to-image generalisation: three measurements.
+"""What a shapes VQ's codes mean for text-to-image generalisation: four measurements.
 
     python scripts/vq_codes.py --vq runs/demo3/vq/model --codes runs/demo3/codes
 
@@ -11,6 +11,12 @@
 3. **Merging twins**: codes within each threshold merged into one class (union-find); the shapes
    reader's exact match after encode → merge → decode, on train and held-out images. It says
    which twins are true duplicates and which differ only in context.
+4. **Two-tone factors** (``mmgen.models.code_factors``, ``code_embedding: factors``): codes
+   described by the patch they encode most often (``--describe`` images drawn as the VQ's
+   training images) as dark colour, light colour and bitmap. Reports the palette, bitmaps and
+   distinct descriptions, the share of held-out one-object images needing a factor value absent
+   from the training targets (where the unseen-code share of 1. is what a free code table
+   faces), and the reader's exact match after encode → canonical code → decode.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--n", type=int, default=150, help="images per split for the merge test")
     p.add_argument("--twin", type=float, default=0.5, help="L2 distance under which two lone patches are twins")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--describe", type=int, default=4000, help="images describing the codes for the factors")
     args = p.parse_args(argv)
     vq = VQModel.from_pretrained(args.vq).eval()
     K, size = vq.config.codebook_size, vq.config.image_size
@@ -111,6 +118,29 @@ def main(argv: Optional[list[str]] = None) -> dict:
         out["merge"][threshold] = row
         print(f"merge within {threshold}: {row['classes']} code classes; reader exact after the round trip "
               f"train {row['train']:.3f}, held-out {row['heldout']:.3f}")
+
+    from mmgen.models.code_factors import source_patches, two_tone_factors
+    from mmgen.training.image_kinds import ShapesImagesDataConfig
+    from mmgen.training.image_kinds import _ShapesImages as VQImages
+
+    images = VQImages(0, args.describe, size, ShapesImagesDataConfig.heldout_every)
+    described = two_tone_factors(*source_patches(vq, (images[i]["images"] for i in range(len(images)))))
+    factors, canonical = described["factors"], described["canonical"]
+    seen_values = [set(factors[torch.from_numpy(seen), j].tolist()) for j in range(factors.shape[1])]
+    unseen_value = np.array([[any(int(v) not in seen_values[j] for j, v in enumerate(factors[c].tolist())) for c in row]
+                             for row in codes.tolist()])
+    row = {"palette": len(described["palette"]), "bitmaps": len(described["masks"]),
+           "descriptions": len(set(canonical.tolist())),
+           "heldout_single_needing_unseen_factor": float(unseen_value.any(axis=1).mean())}
+    for s, its in items.items():
+        with torch.inference_mode():
+            recon = vq.decode(canonical[encode([it["image"] for it in its])]).clamp(-1, 1)
+        row[s] = aggregate(score(it["scene"].spec(), im) for it, im in zip(its, tensor_to_images(recon)))["exact"]
+    out["factors"] = row
+    print(f"two-tone factors: {row['palette']} colours, {row['bitmaps']} bitmaps, {row['descriptions']} distinct "
+          f"codes; held-out one-object images needing a factor absent from the training targets: "
+          f"{row['heldout_single_needing_unseen_factor']:.3f}; reader exact after encode -> canonical -> decode "
+          f"train {row['train']:.3f}, held-out {row['heldout']:.3f}")
     return out
 
 

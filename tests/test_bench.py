@@ -223,8 +223,11 @@ def test_vq_codes_analysis_on_a_tiny_vq(tmp_path):
     (tmp_path / "codes").mkdir()
     np.save(tmp_path / "codes" / "codes.npy", np.arange(16).reshape(1, 16))  # codes 16..31 never a target
     out = vq_codes.main(["--vq", str(tmp_path / "vq"), "--codes", str(tmp_path / "codes"), "--n", "4",
-                         "--thresholds", "0.0", "100.0"])
+                         "--thresholds", "0.0", "100.0", "--describe", "12"])
     assert 0.0 <= out["heldout_single_needing_unseen_code"] <= 1.0
     assert 0 <= out["twin_codes"] <= 32 and 0.0 <= out["twin_occurrence_share"] <= 1.0
     assert out["merge"][0.0]["classes"] == 32  # nothing is within distance 0 of another code
     assert out["merge"][100.0]["classes"] == 1  # everything is within 100
+    f = out["factors"]
+    assert 1 <= f["descriptions"] <= 32 and 0.0 <= f["heldout_single_needing_unseen_factor"] <= 1.0
+    assert 0.0 <= f["train"] <= 1.0 and 0.0 <= f["heldout"] <= 1.0

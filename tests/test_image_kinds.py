@@ -107,3 +107,44 @@ def test_t2i_kind_checks_codes_against_the_model(t2i_run):
     exp = load_experiment(tmp / "t2i.yaml", ["--model.text_vocab_size=3"])
     with pytest.raises(ConfigError, match="text_vocab_size=3"):
         get_kind("t2i").build_data(exp.data, exp.model, 0)
+
+
+def test_t2i_kind_describes_codes_by_two_tone_factors(vq_run, t2i_run):
+    """code_embedding "factors": the trainer fills each code's factors from shapes images before
+    training, the export keeps them, and codes drawn are canonical ones."""
+    from mmgen.data.pretokenize import _ShapesImages, encode_dataset
+    from mmgen.models.code_factors import source_patches, two_tone_factors
+    from mmgen.models.vq import VQModel
+    from mmgen.pipelines import TextToImagePipeline
+    from mmgen.training.image_kinds import _ShapesImages as VQImages
+
+    tmp, _ = t2i_run
+    vq = VQModel.from_pretrained(vq_run / "model").eval()
+    items = _ShapesImages(40, "train", 0, 16)
+    encode_dataset(vq, items, tmp / "codes_shapes", source=items.source, progress=False)
+    factors = ["--model.image_decoder.code_embedding=factors", "--data.code_images=24",
+               f"--data.path={tmp / 'codes_shapes'}", f"--train.output_dir={tmp / 'run_factors'}"]
+    summary = run(str(tmp / "t2i.yaml"), factors)
+    assert summary["steps"] == 3
+    pipe = TextToImagePipeline.from_pretrained(tmp / "run_factors" / "model")
+    # what the trainer set is the description of the VQ's codes on 24 images drawn as the VQ's were
+    images = VQImages(0, 24, 16, heldout_every=4)
+    want = two_tone_factors(*source_patches(vq, (images[i]["images"] for i in range(24))))
+    dec = pipe.image_decoder
+    assert torch.equal(dec.code_factors, want["factors"]) and torch.equal(dec.code_canonical, want["canonical"])
+    from mmgen.sampling.image import sample_image_codes
+    from mmgen.sampling.processors import SamplingParams, make_generators
+
+    ctx, mask = torch.randn(3, 4, 16), torch.ones(3, 4, dtype=torch.long)
+    codes = sample_image_codes(dec.eval(), ctx, mask, SamplingParams(temperature=1.0), 1.0, generators=make_generators(0, 3))
+    assert torch.equal(dec.code_canonical[codes], codes)  # only canonical codes are drawn
+    assert len(set(dec.code_canonical.tolist())) < 32  # and some codes are not (their factors are another's)
+    # codes from a folder of images cannot be described (no images to read the factors from)
+    exp = load_experiment(tmp / "t2i.yaml", factors[:1])  # the fixture's codes record no shapes source
+    from mmgen.training.registry import get_kind
+
+    with pytest.raises(ConfigError, match="supports shapes codes"):
+        get_kind("t2i").build_data(exp.data, exp.model, 0)
+    exp = load_experiment(tmp / "t2i.yaml", [*factors[:1], f"--data.path={tmp / 'codes_shapes'}", "--data.vq=null"])
+    with pytest.raises(ConfigError, match="set data.vq"):
+        get_kind("t2i").build_data(exp.data, exp.model, 0)

@@ -31,12 +31,19 @@ def _decoder(conditioning="cross", grid_position="learned", code_embedding="tabl
     ).eval()
     if code_embedding == "pixels":
         dec.code_pixels.copy_(torch.rand(32, 48) * 2 - 1)
+    if code_embedding == "factors":
+        factors = torch.stack([torch.arange(32) % 3, torch.arange(32) // 3 % 4, torch.arange(32) // 12], 1)
+        factors[31] = factors[30]  # a code with another's factors: 30 is drawn for both
+        canonical = torch.arange(32)
+        canonical[31] = 30
+        dec.set_code_factors(factors, canonical)
     return dec
 
 
 @pytest.mark.parametrize("conditioning,grid_position,code_embedding", [
     ("cross", "learned", "table"), ("cross", "rope", "table"), ("prefix", "learned", "table"),
     ("prefix", "rope", "table"), ("cross", "learned", "pixels"), ("prefix", "rope", "pixels"),
+    ("cross", "learned", "factors"), ("prefix", "rope", "factors"),
 ])
 def test_cached_equals_uncached_logits(conditioning, grid_position, code_embedding):
     dec = _decoder(conditioning, grid_position, code_embedding)

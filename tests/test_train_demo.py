@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 TINY = ["--vq-minutes", "0.05", "--t2i-minutes", "0.1", "--n-images", "200", "--gpt-minutes", "0",
         "--bert-minutes", "0", "--tune-minutes", "0", "--eval-n", "2", "--threads", "1"]
@@ -23,7 +24,7 @@ def train_demo(*args: str) -> subprocess.CompletedProcess:
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     proc = train_demo("--out", str(out), "--processes", "2", "--two-objects", "1",
-                      "--t2i-override=--model.text_encoder.n_layers=1", *TINY)
+                      "--t2i-override=--model.text_encoder.n_layers=1", "--t2i-override=--data.code_images=100", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -47,11 +48,15 @@ def test_every_stage_runs_and_the_bundle_draws(demo_run):
     assert len(captions) == 200 and all(len(parse_caption(c).objects) == 2 for c in captions)
     assert pipe.text_encoder.config.n_layers == 1
     assert index["training"]["t2i"]["experiment"]["model"]["text_encoder"]["n_layers"] == 1
+    # the shipped recipe scores codes by their factors, described from 100 images here
+    assert pipe.image_decoder.config.code_embedding == "factors"
+    assert index["training"]["t2i"]["experiment"]["data"]["code_images"] == 100
+    assert (pipe.image_decoder.code_canonical != torch.arange(pipe.image_decoder.config.codebook_size)).any()
 
 
 def test_tune_searches_the_grid_then_candidates(monkeypatch):
-    """The sampling search measures every grid point, keeps the best, tries reranking at the best,
-    and stops on its budget with the best so far."""
+    """The sampling search measures every grid point, keeps the best, tries reranking at the best
+    sampled setting, and stops on its budget with the best so far."""
     import mmgen.eval.t2i as t2i
     from mmgen import demo
 
@@ -69,6 +74,17 @@ def test_tune_searches_the_grid_then_candidates(monkeypatch):
     assert sum(t["top_k"] == 1 for t in trials) == len(demo.GUIDANCE)
     assert (best["guidance_scale"], best["top_k"], best["temperature"]) == (1.25, 2, 0.7)
     assert best["candidates"] == max(demo.CANDIDATES)
+    # greedy best on the grid: reranking is still tried, at the best sampled setting, and kept if it wins
+    def greedy_best(pipe, guidance_scale, top_k, temperature, candidates, **_):
+        score = 0.5 if top_k == 1 else 0.45 - 0.01 * top_k - 0.1 * abs(temperature - 1.0) + (0.1 if candidates > 1 else 0)
+        return {**{g: {"model": {"exact": score}} for g in t2i.GROUPS}, "summary": {"score": score}}
+
+    monkeypatch.setattr(t2i, "evaluate_t2i", greedy_best)
+    best, trials = demo.tune_sampling(None, n_per_group=1, seed=0, budget_s=60, log=lambda *_: None)
+    reranked = [t for t in trials if t["candidates"] > 1]
+    assert [(t["top_k"], t["temperature"]) for t in reranked] == [(2, 1.0)] * (len(demo.CANDIDATES) - 1)
+    assert (best["top_k"], best["candidates"]) == (2, max(demo.CANDIDATES))
+    monkeypatch.setattr(t2i, "evaluate_t2i", fake_eval)
     best, trials = demo.tune_sampling(None, n_per_group=1, seed=0, budget_s=0, log=lambda *_: None)
     assert len(trials) == 1
     assert best == {k: trials[0][k] for k in best} and best["guidance_scale"] == demo.GUIDANCE[0]

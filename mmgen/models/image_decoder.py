@@ -5,6 +5,11 @@ of the code it must predict; the output at i is a distribution over the codebook
 The text arrives through cross-attention (default) or as a prefix of projected encoder states.
 A learned *null context* stands in for the text when a caption is dropped in training, and is
 the unconditional branch of classifier-free guidance when sampling.
+
+How a code is represented in and out is a config choice (``code_embedding``): a free vector and
+output row per code ("table"), an MLP of its decoded pixels ("pixels"), or the sum of vectors
+for its two-tone factors, dark colour, light colour and bitmap ("factors",
+:mod:`mmgen.models.code_factors`), which lets the model draw codes it never saw as targets.
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             nn.init.normal_(self.code_in.weight, std=0.02)
             self.head = None
             self._table_cache: Optional[tuple[tuple, torch.Tensor]] = None
+        elif c.code_embedding == "factors":
+            # codes are described by their source patch's two colours and bitmap (set_code_factors;
+            # saved with the weights): one table and one output head per factor, summed
+            self.trunk.tok_emb = None
+            self.register_buffer("code_factors", torch.zeros(c.codebook_size, 3, dtype=torch.long))
+            # canonical[k]: the code drawn for k's factors; only canonical codes get a logit
+            self.register_buffer("code_canonical", torch.arange(c.codebook_size))
+            self.factor_emb = nn.ModuleList(nn.Embedding(n, c.dim) for n in c.code_factor_sizes)
+            self.factor_heads = nn.ModuleList(nn.Linear(c.dim, n, bias=False) for n in c.code_factor_sizes)
+            self.start_emb = nn.Parameter(torch.zeros(c.dim))
+            for m in (*self.factor_emb, *self.factor_heads):
+                nn.init.normal_(m.weight, std=0.02)
+            nn.init.normal_(self.start_emb, std=0.02)
+            self.head = None
         else:
             self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
@@ -84,6 +103,37 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             features.append(vq.quantizer.normalized_codebook().to(features[0]))
         self.code_pixels.copy_(torch.cat(features, dim=1))
 
+    @torch.no_grad()
+    def set_code_factors(self, factors: torch.Tensor, canonical: torch.Tensor) -> None:
+        """Fill the "factors" description: ``factors`` (K, 3) ids and ``canonical`` (K,) codes, from
+        :func:`mmgen.models.code_factors.two_tone_factors`."""
+        c = self.config
+        if factors.shape != (c.codebook_size, 3) or canonical.shape != (c.codebook_size,):
+            raise ValueError(f"factors {tuple(factors.shape)} / canonical {tuple(canonical.shape)} do not fit "
+                             f"a {c.codebook_size}-code decoder")
+        for j, (name, size) in enumerate(zip(("dark colours", "light colours", "bitmaps"), c.code_factor_sizes)):
+            if int(factors[:, j].max()) >= size:
+                raise ValueError(f"the VQ's codes need {int(factors[:, j].max()) + 1} {name}, but "
+                                 f"code_factor_sizes allows {size}: raise model.image_decoder.code_factor_sizes")
+        if bool((canonical[canonical] != canonical).any()):
+            raise ValueError("canonical codes must map to themselves")
+        self.code_factors.copy_(factors)
+        self.code_canonical.copy_(canonical)
+
+    def factor_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """("factors" mode) each code's input embedding (K + 1, D; the last row the start token's) and
+        output row (K, D): its factors' vectors summed. Logits h . sum_j w_j[f_kj] equal the sum of
+        per-factor scores, and gathering weight rows is far cheaper to train than gathering logits."""
+        f = self.code_factors
+        inputs = sum(emb.weight[f[:, j]] for j, emb in enumerate(self.factor_emb))
+        outputs = sum(head.weight[f[:, j]] for j, head in enumerate(self.factor_heads))
+        return torch.cat([inputs, self.start_emb[None]]), outputs
+
+    def _masked_to_canonical(self, logits: torch.Tensor) -> torch.Tensor:
+        """Non-canonical codes get -1e4 (finite, so guidance's cond - uncond stays 0 for them)."""
+        drawn = self.code_canonical == torch.arange(len(self.code_canonical), device=logits.device)
+        return logits.masked_fill(~drawn, -1e4)
+
     def code_vectors(self) -> torch.Tensor:
         """(K, D): each code's vector, the input embedding and the output row ("pixels" mode).
         Cached outside training while the weights are unchanged (decode steps would redo it)."""
@@ -103,7 +153,9 @@ class ImageDecoder(PretrainedMixin, nn.Module):
     def _grid_inputs(self, codes_in: torch.Tensor, start: int, vectors: Optional[torch.Tensor] = None):
         """Token + 2-D position embeddings for positions [start, start + T) of the grid."""
         T = codes_in.shape[1]
-        if vectors is None:
+        if self.config.code_embedding == "factors":
+            x = F.embedding(codes_in, vectors)
+        elif vectors is None:
             x = self.trunk.tok_emb(codes_in)  # (B, T, D)
         else:  # the start token has no patch: a zero row after the K code vectors
             table = F.pad(vectors, (0, 0, 0, 1))
@@ -135,7 +187,11 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         B = codes_in.shape[0]
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.long, device=context.device)
-        vectors = self.code_vectors() if c.code_embedding == "pixels" else None
+        vectors = out_rows = None
+        if c.code_embedding == "pixels":
+            vectors = self.code_vectors()
+        elif c.code_embedding == "factors":
+            vectors, out_rows = self.factor_vectors()
         x, rope = self._grid_inputs(codes_in, start, vectors)
         if c.conditioning == "cross":
             h = self.trunk(inputs_embeds=x, rope=rope, context=context, context_mask=context_mask, cache=cache)
@@ -143,9 +199,14 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             h = self._forward_prefix(x, rope, context, context_mask, cache, start)
         if last_only:
             h = h[:, -1:]
-        logits = self.head(h) if vectors is None else h @ vectors.t().to(h.dtype)  # (B, T, K)
+        if c.code_embedding == "factors":
+            logits = self._masked_to_canonical(h @ out_rows.t().to(h.dtype))
+        else:
+            logits = self.head(h) if vectors is None else h @ vectors.t().to(h.dtype)  # (B, T, K)
         loss = None
         if labels is not None:
+            if c.code_embedding == "factors":  # a code's target is the canonical code of its factors
+                labels = torch.where(labels >= 0, self.code_canonical[labels.clamp(min=0)], labels)
             loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100)
         return logits, loss
 

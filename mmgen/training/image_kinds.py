@@ -148,8 +148,14 @@ class CodesDataConfig(Config):
     tokenizer: Literal["word", "char", "wordpiece", "bpe"] = "word"  # caption tokenizer trained on the captions
     tokenizer_path: Optional[str] = None  # or an existing tokenizer (folder or tokenizer.json)
     val_count: int = 1000  # the folder's last val_count items are the validation set
+    # code_embedding "factors": how many images describe the codes (the patch each code encodes
+    # most often). For shapes codes they are drawn as the VQ was trained: pictures of both splits,
+    # never captions, so codes of held-out compositions are described too.
+    code_images: int = 4000
 
     def __post_init__(self) -> None:
+        if self.code_images <= 0:
+            raise ConfigError(f"data.code_images must be positive, got {self.code_images}")
         if not self.path:
             raise ConfigError("data.path is missing: name a codes folder built with `mmgen data pretokenize`")
         if self.val_count < 0:
@@ -218,6 +224,8 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
     export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})})
     prepare = None
+    if dec.code_embedding == "factors":
+        prepare = _factors_preparer(data_cfg, meta)
     if dec.code_embedding == "pixels":
         if data_cfg.vq is None:
             raise ConfigError("model.image_decoder.code_embedding=pixels describes codes by their VQ patches: set data.vq")
@@ -234,6 +242,30 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
               "caption vocabulary": tokenizer.vocab_size},
         model_fields={"text_vocab_size": tokenizer.vocab_size},
     )
+
+
+def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
+    """``prepare_model`` for code_embedding "factors": describe the VQ's codes by their source patches."""
+    if data_cfg.vq is None:
+        raise ConfigError("model.image_decoder.code_embedding=factors describes codes by the patches the VQ "
+                          "encodes: set data.vq")
+    source = meta.get("source", {})
+    if source.get("kind") != "shapes":
+        raise ConfigError("model.image_decoder.code_embedding=factors needs images to describe the codes; "
+                          f"it supports shapes codes, and {data_cfg.path} holds {source.get('kind', 'unknown')} codes")
+
+    def prepare(model: nn.Module) -> None:
+        from mmgen.models.code_factors import source_patches, two_tone_factors
+        from mmgen.models.vq import VQModel
+
+        vq = VQModel.from_pretrained(data_cfg.vq).eval()
+        images = _ShapesImages(source.get("seed", 0), data_cfg.code_images, vq.config.image_size,
+                               ShapesImagesDataConfig.heldout_every)
+        patches, counts = source_patches(vq, (images[i]["images"] for i in range(len(images))))
+        described = two_tone_factors(patches, counts)
+        model.image_decoder.set_code_factors(described["factors"], described["canonical"])
+
+    return prepare
 
 
 def _build_t2i(cfg: T2IModelConfig) -> nn.Module:
