@@ -46,6 +46,22 @@ CANDIDATES = (1, 4)  # images sampled per image shown, the most likely kept
 TWO_OBJECTS = 0.75
 
 
+def recorded_command(argv: Sequence[str]) -> str:
+    """The command line as the bundle records it: ``--shakespeare FILE`` keeps only the file's name
+    (the text is imported into data/; where it lay on the builder's machine is not provenance,
+    and a shipped bundle should not carry local paths)."""
+    out, take_name = [], False
+    for arg in argv:
+        if take_name:
+            arg, take_name = Path(arg).name, False
+        elif arg == "--shakespeare":
+            take_name = True
+        elif arg.startswith("--shakespeare="):
+            arg = "--shakespeare=" + Path(arg.split("=", 1)[1]).name
+        out.append(arg)
+    return " ".join(["mmgen train-demo", *out])
+
+
 def _progress(stage: str, message: str, t0: float) -> None:
     print(f"[train-demo] {stage:<6} {message} ({time.time() - t0:.0f} s)", flush=True)
 
@@ -208,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     timings: dict[str, float] = {}
     record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
-                              "command": "mmgen train-demo " + " ".join(argv if argv is not None else sys.argv[1:])}
+                              "command": recorded_command(argv if argv is not None else sys.argv[1:])}
 
     # --reuse keeps an earlier run's stages, and with them what that run recorded about them
     # (training summaries, timings), read back from the bundle it wrote.
@@ -218,10 +234,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.reuse and (bundle / "model_index.json").is_file():
         previous = read_json(bundle / "model_index.json").get("training", {})
     reused: list[str] = []
+    made_by: dict[str, str] = {}  # stage -> the command that ran it (an earlier one's when reused)
+
+    def earlier_maker(name: str) -> Optional[str]:
+        if name in previous.get("made_by", {}):
+            command = previous["made_by"][name]
+        elif name in previous.get("reused_stages", []):  # bundles from before made_by
+            command = previous.get("earlier_command")
+        else:
+            command = previous.get("command")
+        prefix = "mmgen train-demo "
+        return recorded_command(command[len(prefix):].split()) if command and command.startswith(prefix) else command
 
     def stage_done(name: str, start: float, message: str, was_reused: bool = False) -> None:
         timings[name] = round(time.time() - start, 1)
+        made_by[name] = record["command"]
         if was_reused:
+            made_by[name] = earlier_maker(name) or record["command"]
             reused.append(name)
             timings[name] = previous.get("timings_s", {}).get(name, timings[name])
             if name in previous and name not in record:
@@ -321,9 +350,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if (out / name / "model" / "config.json").is_file():
             _copy_text_model(out / name / "model", tmp / name)
     record["timings_s"] = timings
+    record["made_by"] = made_by
     if reused:
         record["reused_stages"] = reused
-        record["earlier_command"] = previous.get("earlier_command", previous.get("command"))
     pipe.save_pretrained(tmp, dtype=torch.float16, extra={"training": record})
     # The figures are those of the saved (fp16) bundle, on prompts the search never saw.
     shipped = TextToImagePipeline.from_pretrained(tmp)

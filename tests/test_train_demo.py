@@ -109,3 +109,15 @@ def test_non_empty_out_needs_reuse_and_reuse_keeps_finished_stages(demo_run):
     assert vq_weights.stat().st_mtime_ns == before  # the VQ was not trained again
     logs = again.stdout + again.stderr
     assert "training VQModel" not in logs and "training TextToImage" not in logs
+    # each stage records the command that ran it: the reused ones the first run's
+    made_by = json.loads((out / "bundle" / "model_index.json").read_text())["training"]["made_by"]
+    assert made_by["vq"] == made_by["t2i"] and "--two-objects 1" in made_by["vq"] and "--reuse" not in made_by["vq"]
+    assert "--reuse" in made_by["tune"]
+
+
+def test_recorded_command_keeps_no_local_paths():
+    from mmgen.demo import recorded_command
+
+    assert recorded_command(["--out", "runs/x", "--shakespeare", "/home/me/data/tiny.txt", "--threads", "2"]) == \
+        "mmgen train-demo --out runs/x --shakespeare tiny.txt --threads 2"
+    assert recorded_command(["--shakespeare=/tmp/a/b.txt"]) == "mmgen train-demo --shakespeare=b.txt"
