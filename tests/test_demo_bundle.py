@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 # Mean exact match (all attributes a prompt names) on the 30 prompts below, with the bundle's
 # sampling defaults and seed 0, measured on the shipped bundle; the test allows MARGIN below it.
-FIDELITY_MEASURED = 0.467  # measured on the shipped bundle (14 of 30: 10 seen, 0 held-out, 4 relations)
+FIDELITY_MEASURED = 0.567  # measured on the shipped bundle (17 of 30: 9 seen, 7 held-out, 1 relation)
 MARGIN = 0.10
 GROUPS = ("single_seen", "single_heldout", "relation_seen")
 
