@@ -139,12 +139,50 @@ def test_t2i_kind_describes_codes_by_two_tone_factors(vq_run, t2i_run):
     codes = sample_image_codes(dec.eval(), ctx, mask, SamplingParams(temperature=1.0), 1.0, generators=make_generators(0, 3))
     assert torch.equal(dec.code_canonical[codes], codes)  # only canonical codes are drawn
     assert len(set(dec.code_canonical.tolist())) < 32  # and some codes are not (their factors are another's)
-    # codes from a folder of images cannot be described (no images to read the factors from)
-    exp = load_experiment(tmp / "t2i.yaml", factors[:1])  # the fixture's codes record no shapes source
+    # codes whose meta.json names no source cannot be described (no images to read the factors from)
+    exp = load_experiment(tmp / "t2i.yaml", factors[:1])  # the fixture's codes record no source
     from mmgen.training.registry import get_kind
 
-    with pytest.raises(ConfigError, match="supports shapes codes"):
+    with pytest.raises(ConfigError, match="names no shapes or folder source"):
         get_kind("t2i").build_data(exp.data, exp.model, 0)
     exp = load_experiment(tmp / "t2i.yaml", [*factors[:1], f"--data.path={tmp / 'codes_shapes'}", "--data.vq=null"])
     with pytest.raises(ConfigError, match="set data.vq"):
         get_kind("t2i").build_data(exp.data, exp.model, 0)
+
+
+def test_t2i_kind_describes_folder_codes_by_the_folders_images(vq_run, tmp_path):
+    import json
+
+    from mmgen.data.folder import ImageCaptionFolder
+    from mmgen.data.pretokenize import main as pretokenize
+    from mmgen.data.shapes import ShapesDataset
+    from mmgen.models.code_factors import source_patches, two_tone_factors
+    from mmgen.models.text_to_image import TextToImage
+    from mmgen.models.vq import VQModel
+    from mmgen.training.registry import get_kind
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    lines = []
+    for i, item in enumerate(ShapesDataset(seed=9, length=12, image_size=16)):
+        item["image"].save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": item["caption"]}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    assert pretokenize(["--vq", str(vq_run / "model"), "--source", "folder", "--path", str(folder),
+                        "--out", str(tmp_path / "codes")]) == 0
+    config = _yaml(tmp_path / "t2i.yaml", {
+        "model": {"kind": "t2i", "text_encoder": {"max_len": 16, "dim": 16, "n_layers": 1, "n_heads": 2},
+                  "image_decoder": {"codebook_size": 32, "vocab_size": 33, "grid_h": 4, "grid_w": 4, "max_len": 16,
+                                    "context_dim": 16, "context_len": 16, "dim": 16, "n_layers": 1, "n_heads": 2,
+                                    "code_embedding": "factors"}},
+        "data": {"path": str(tmp_path / "codes"), "vq": str(vq_run / "model"), "val_count": 2, "code_images": 8},
+        "train": {**TINY_TRAIN, "output_dir": str(tmp_path / "run")}})
+    exp = load_experiment(config)
+    data = get_kind("t2i").build_data(exp.data, exp.model, 0)
+    model = TextToImage(exp.model.replace(text_vocab_size=data.model_fields["text_vocab_size"]).model_config())
+    data.prepare_model(model)
+    vq = VQModel.from_pretrained(vq_run / "model").eval()
+    pictures = ImageCaptionFolder(folder, image_size=16)
+    want = two_tone_factors(*source_patches(vq, (pictures[i]["image"] for i in range(8))))
+    assert torch.equal(model.image_decoder.code_factors, want["factors"])
+    assert torch.equal(model.image_decoder.code_canonical, want["canonical"])

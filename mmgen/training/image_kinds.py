@@ -150,7 +150,7 @@ class CodesDataConfig(Config):
     val_count: int = 1000  # the folder's last val_count items are the validation set
     # code_embedding "factors": how many images describe the codes (the patch each code encodes
     # most often). For shapes codes they are drawn as the VQ was trained: pictures of both splits,
-    # never captions, so codes of held-out compositions are described too.
+    # never captions, so codes of held-out compositions are described too; for a folder, its first.
     code_images: int = 4000
 
     def __post_init__(self) -> None:
@@ -245,24 +245,33 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
 
 
 def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
-    """``prepare_model`` for code_embedding "factors": describe the VQ's codes by their source patches."""
+    """``prepare_model`` for code_embedding "factors": describe the VQ's codes by their source patches,
+    from the images the codes came from (shapes: drawn as the VQ's were; a folder: its first images)."""
     if data_cfg.vq is None:
         raise ConfigError("model.image_decoder.code_embedding=factors describes codes by the patches the VQ "
                           "encodes: set data.vq")
     source = meta.get("source", {})
-    if source.get("kind") != "shapes":
-        raise ConfigError("model.image_decoder.code_embedding=factors needs images to describe the codes; "
-                          f"it supports shapes codes, and {data_cfg.path} holds {source.get('kind', 'unknown')} codes")
+    if source.get("kind") not in ("shapes", "folder"):
+        raise ConfigError("model.image_decoder.code_embedding=factors needs the images behind the codes; "
+                          f"{data_cfg.path}/meta.json names no shapes or folder source (build it with "
+                          "`mmgen data pretokenize`)")
 
     def prepare(model: nn.Module) -> None:
         from mmgen.models.code_factors import source_patches, two_tone_factors
         from mmgen.models.vq import VQModel
 
         vq = VQModel.from_pretrained(data_cfg.vq).eval()
-        images = _ShapesImages(source.get("seed", 0), data_cfg.code_images, vq.config.image_size,
-                               ShapesImagesDataConfig.heldout_every)
-        patches, counts = source_patches(vq, (images[i]["images"] for i in range(len(images))))
-        described = two_tone_factors(patches, counts)
+        size = vq.config.image_size
+        if source["kind"] == "shapes":
+            images = _ShapesImages(source.get("seed", 0), data_cfg.code_images, size,
+                                   ShapesImagesDataConfig.heldout_every)
+            pictures = (images[i]["images"] for i in range(len(images)))
+        else:
+            from mmgen.data.folder import ImageCaptionFolder
+
+            folder = ImageCaptionFolder(source["path"], image_size=size)
+            pictures = (folder[i]["image"] for i in range(min(len(folder), data_cfg.code_images)))
+        described = two_tone_factors(*source_patches(vq, pictures))
         model.image_decoder.set_code_factors(described["factors"], described["canonical"])
 
     return prepare
