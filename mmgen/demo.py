@@ -248,9 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def stage_done(name: str, start: float, message: str, was_reused: bool = False) -> None:
         timings[name] = round(time.time() - start, 1)
-        made_by[name] = record["command"]
+        made_by[name] = (earlier_maker(name) if was_reused else None) or record["command"]
         if was_reused:
-            made_by[name] = earlier_maker(name) or record["command"]
             reused.append(name)
             timings[name] = previous.get("timings_s", {}).get(name, timings[name])
             if name in previous and name not in record:

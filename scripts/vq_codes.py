@@ -107,35 +107,34 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     splits = {s: ShapesDataset(split=s, seed=4321, image_size=size) for s in ("train", "heldout")}
     items = {s: [ds[i] for i in range(args.n)] for s, ds in splits.items()}
+
+    def exact_after(mapping: torch.Tensor) -> dict[str, float]:
+        """The reader's exact match per split after encode -> ``mapping`` (code -> code) -> decode."""
+        row = {}
+        for s, its in items.items():
+            with torch.inference_mode():
+                recon = vq.decode(mapping[encode([it["image"] for it in its])]).clamp(-1, 1)
+            row[s] = aggregate(score(it["scene"].spec(), im) for it, im in zip(its, tensor_to_images(recon)))["exact"]
+        return row
+
     out["merge"] = {}
     for threshold in args.thresholds:
         classes = merge_classes(patches, threshold)
-        row = {"classes": len(set(classes.tolist()))}
-        for s, its in items.items():
-            with torch.inference_mode():
-                recon = vq.decode(classes[encode([it["image"] for it in its])]).clamp(-1, 1)
-            row[s] = aggregate(score(it["scene"].spec(), im) for it, im in zip(its, tensor_to_images(recon)))["exact"]
+        row = {"classes": len(set(classes.tolist())), **exact_after(classes)}
         out["merge"][threshold] = row
         print(f"merge within {threshold}: {row['classes']} code classes; reader exact after the round trip "
               f"train {row['train']:.3f}, held-out {row['heldout']:.3f}")
 
-    from mmgen.models.code_factors import source_patches, two_tone_factors
-    from mmgen.training.image_kinds import ShapesImagesDataConfig
-    from mmgen.training.image_kinds import _ShapesImages as VQImages
+    from mmgen.training.image_kinds import describe_codes
 
-    images = VQImages(0, args.describe, size, ShapesImagesDataConfig.heldout_every)
-    described = two_tone_factors(*source_patches(vq, (images[i]["images"] for i in range(len(images)))))
+    described = describe_codes(vq, {"kind": "shapes", "seed": 0}, args.describe)
     factors, canonical = described["factors"], described["canonical"]
     seen_values = [set(factors[torch.from_numpy(seen), j].tolist()) for j in range(factors.shape[1])]
     unseen_value = np.array([[any(int(v) not in seen_values[j] for j, v in enumerate(factors[c].tolist())) for c in row]
                              for row in codes.tolist()])
     row = {"palette": len(described["palette"]), "bitmaps": len(described["masks"]),
            "descriptions": len(set(canonical.tolist())),
-           "heldout_single_needing_unseen_factor": float(unseen_value.any(axis=1).mean())}
-    for s, its in items.items():
-        with torch.inference_mode():
-            recon = vq.decode(canonical[encode([it["image"] for it in its])]).clamp(-1, 1)
-        row[s] = aggregate(score(it["scene"].spec(), im) for it, im in zip(its, tensor_to_images(recon)))["exact"]
+           "heldout_single_needing_unseen_factor": float(unseen_value.any(axis=1).mean()), **exact_after(canonical)}
     out["factors"] = row
     print(f"two-tone factors: {row['palette']} colours, {row['bitmaps']} bitmaps, {row['descriptions']} distinct "
           f"codes; held-out one-object images needing a factor absent from the training targets: "

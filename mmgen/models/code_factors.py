@@ -26,7 +26,8 @@ from typing import Iterable
 
 import torch
 
-NUM_FACTORS = 3  # dark colour, light colour (or "none" for a one-colour patch), bitmap of light pixels
+# the factors, in column order of two_tone_factors' "factors" (the light colour may be "none": a one-colour patch)
+FACTOR_NAMES = ("dark colours", "light colours", "bitmaps")
 _LUMA = (0.299, 0.587, 0.114)
 
 

@@ -24,6 +24,7 @@ from ..checkpoint import PretrainedMixin
 from ..config import ImageDecoderConfig
 from ..nn.kv_cache import KVCache
 from ..nn.position import rope_2d
+from .code_factors import FACTOR_NAMES
 from .trunk import Transformer
 
 
@@ -60,7 +61,7 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             # codes are described by their source patch's two colours and bitmap (set_code_factors;
             # saved with the weights): one table and one output head per factor, summed
             self.trunk.tok_emb = None
-            self.register_buffer("code_factors", torch.zeros(c.codebook_size, 3, dtype=torch.long))
+            self.register_buffer("code_factors", torch.zeros(c.codebook_size, len(FACTOR_NAMES), dtype=torch.long))
             # canonical[k]: the code drawn for k's factors; only canonical codes get a logit
             self.register_buffer("code_canonical", torch.arange(c.codebook_size))
             self.factor_emb = nn.ModuleList(nn.Embedding(n, c.dim) for n in c.code_factor_sizes)
@@ -108,10 +109,10 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         """Fill the "factors" description: ``factors`` (K, 3) ids and ``canonical`` (K,) codes, from
         :func:`mmgen.models.code_factors.two_tone_factors`."""
         c = self.config
-        if factors.shape != (c.codebook_size, 3) or canonical.shape != (c.codebook_size,):
+        if factors.shape != self.code_factors.shape or canonical.shape != (c.codebook_size,):
             raise ValueError(f"factors {tuple(factors.shape)} / canonical {tuple(canonical.shape)} do not fit "
                              f"a {c.codebook_size}-code decoder")
-        for j, (name, size) in enumerate(zip(("dark colours", "light colours", "bitmaps"), c.code_factor_sizes)):
+        for j, (name, size) in enumerate(zip(FACTOR_NAMES, c.code_factor_sizes)):
             if int(factors[:, j].max()) >= size:
                 raise ValueError(f"the VQ's codes need {int(factors[:, j].max()) + 1} {name}, but "
                                  f"code_factor_sizes allows {size}: raise model.image_decoder.code_factor_sizes")

@@ -226,7 +226,7 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     prepare = None
     if dec.code_embedding == "factors":
         prepare = _factors_preparer(data_cfg, meta)
-    if dec.code_embedding == "pixels":
+    elif dec.code_embedding == "pixels":
         if data_cfg.vq is None:
             raise ConfigError("model.image_decoder.code_embedding=pixels describes codes by their VQ patches: set data.vq")
 
@@ -244,6 +244,24 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     )
 
 
+def describe_codes(vq, source: dict[str, Any], n: int) -> dict[str, torch.Tensor]:
+    """:func:`mmgen.models.code_factors.two_tone_factors` of ``vq``'s codes, read off ``n`` images
+    of a codes folder's ``source`` (its meta.json entry): shapes pictures drawn as the VQ's training
+    images were (both splits, never captions), or the first images of an image folder."""
+    from mmgen.models.code_factors import source_patches, two_tone_factors
+
+    size = vq.config.image_size
+    if source["kind"] == "shapes":
+        images = _ShapesImages(source.get("seed", 0), n, size, ShapesImagesDataConfig.heldout_every)
+        pictures = (images[i]["images"] for i in range(len(images)))
+    else:
+        from mmgen.data.folder import ImageCaptionFolder
+
+        folder = ImageCaptionFolder(source["path"], image_size=size)
+        pictures = (folder[i]["image"] for i in range(min(len(folder), n)))
+    return two_tone_factors(*source_patches(vq, pictures))
+
+
 def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
     """``prepare_model`` for code_embedding "factors": describe the VQ's codes by their source patches,
     from the images the codes came from (shapes: drawn as the VQ's were; a folder: its first images)."""
@@ -257,21 +275,9 @@ def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
                           "`mmgen data pretokenize`)")
 
     def prepare(model: nn.Module) -> None:
-        from mmgen.models.code_factors import source_patches, two_tone_factors
         from mmgen.models.vq import VQModel
 
-        vq = VQModel.from_pretrained(data_cfg.vq).eval()
-        size = vq.config.image_size
-        if source["kind"] == "shapes":
-            images = _ShapesImages(source.get("seed", 0), data_cfg.code_images, size,
-                                   ShapesImagesDataConfig.heldout_every)
-            pictures = (images[i]["images"] for i in range(len(images)))
-        else:
-            from mmgen.data.folder import ImageCaptionFolder
-
-            folder = ImageCaptionFolder(source["path"], image_size=size)
-            pictures = (folder[i]["image"] for i in range(min(len(folder), data_cfg.code_images)))
-        described = two_tone_factors(*source_patches(vq, pictures))
+        described = describe_codes(VQModel.from_pretrained(data_cfg.vq).eval(), source, data_cfg.code_images)
         model.image_decoder.set_code_factors(described["factors"], described["canonical"])
 
     return prepare
