@@ -205,6 +205,34 @@ def test_run_exports_a_loadable_model_folder(tmp_path):
     assert float(rows[-1]["val_loss"]) == pytest.approx(summary["val_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_native(tmp_path, monkeypatch, native):
+    """``mixed_precision: auto`` trains in bf16 on hardware with native bf16 and in fp32 elsewhere
+    (emulated bf16 made an AVX2 CPU's VQ steps ~8x slower), and the summary says which it used."""
+    from mmgen.training import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda: native)
+    assert trainer.resolve_precision("auto") == ("bf16" if native else "no")
+    assert trainer.resolve_precision("no") == "no" and trainer.resolve_precision("bf16") == "bf16"
+    corpus = write_corpus(tmp_path / "data/input.txt")
+    summary = run_in_process(corpus, tmp_path / "run", max_steps=3, mixed_precision="auto")
+    assert summary["mixed_precision"] == ("bf16" if native else "no") and summary["steps"] == 3
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import builtins
+    import io
+
+    from mmgen.training import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real_open = builtins.open
+    for flags, expected in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True)):
+        fake = f"processor\t: 0\nflags\t\t: {flags}\n"
+        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(fake) if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        assert trainer.native_bf16() is expected, flags
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     from safetensors.torch import load_file
 

@@ -38,7 +38,7 @@ __all__ = [
     "parse_overrides",
 ]
 
-MixedPrecision = Literal["no", "bf16", "fp16"]
+MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,10 @@ class TrainConfig(Config):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    mixed_precision: MixedPrecision = "no"  # on CPU bf16 pays for convs (VQ: 2x) but not small transformers: measure
+    # "auto": bf16 where the hardware computes it natively (trainer.native_bf16), else fp32. On a CPU with
+    # AMX bf16 pays for convolutions (VQ 2x) but not small transformers; without it bf16 is emulated and
+    # 8-12x slower (python scripts/bench/precision.py): measure.
+    mixed_precision: MixedPrecision = "no"
     ema_decay: Optional[float] = None  # e.g. 0.999; the export then holds the EMA weights
     eval_every: int = 250  # steps between validation passes (0: only at the end)
     eval_batches: int = 20  # validation batches (of batch_size windows) per pass

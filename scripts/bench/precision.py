@@ -4,8 +4,10 @@
 
 Times a training step (forward, backward, AdamW) of the demo's text-to-image model
 (``configs/t2i_shapes.yaml``'s shapes, batch 32) and of the VQ (``VQConfig`` defaults, batch 32),
-each in fp32 and under bf16 autocast, in one process, median of ``--steps`` steps after warm-up.
-The demo trains each model in the precision that wins here (t2i fp32, VQ bf16 on an AMX CPU).
+each in fp32 and under bf16 autocast, in one process, median of ``--steps`` steps after warm-up,
+and says what ``train.mixed_precision: auto`` picks on this machine (bf16 only where it is native).
+On an AMX CPU bf16 wins for the VQ (2x) and loses for the t2i model, which trains in fp32; on an
+AVX2 CPU (no native bf16) bf16 is 8-12x slower for both, so ``auto`` configs train in fp32 there.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
         results[name] = {"fp32": fp32, "bf16": bf16}
         print(f"{name}: fp32 {fp32:.2f} steps/s, bf16 autocast {bf16:.2f} steps/s "
               f"({'bf16' if bf16 > fp32 else 'fp32'} faster, {max(bf16, fp32) / min(bf16, fp32):.2f}x), {args.threads} thread(s)")
+    from mmgen.training.trainer import resolve_precision
+
+    print(f"train.mixed_precision: auto -> {resolve_precision('auto')} on this machine")
     return results
 
 
