@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import make_tiny_pipeline
@@ -35,7 +36,11 @@ def test_t2i_eval_reports_model_and_references(tmp_path):
         assert report[g]["model"]["n"] == 3
         assert 0 <= report[g]["model"]["exact"] <= 1
     assert (tmp_path / "sheet.png").is_file()
-    assert "random_caption" in format_report(report)
+    table = format_report(report)
+    assert "random_caption" in table
+    header, first = table.splitlines()[:2]
+    assert header.split()[2:4] == ["exact", "count"]  # count: the share with as many objects as the prompt names
+    assert float(first.split()[3]) == pytest.approx(report["single_seen"]["model"]["count"], abs=1e-3)
 
 
 def test_oracle_is_perfect_at_64px():

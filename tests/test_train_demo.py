@@ -24,7 +24,8 @@ def train_demo(*args: str) -> subprocess.CompletedProcess:
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     proc = train_demo("--out", str(out), "--processes", "2", "--two-objects", "1",
-                      "--t2i-override=--model.text_encoder.n_layers=1", "--t2i-override=--data.code_images=100", *TINY)
+                      "--t2i-override=--model.text_encoder.n_layers=1", "--t2i-override=--data.code_images=100",
+                      "--t2i-override=--model.image_decoder.code_embedding=factors", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -48,10 +49,58 @@ def test_every_stage_runs_and_the_bundle_draws(demo_run):
     assert len(captions) == 200 and all(len(parse_caption(c).objects) == 2 for c in captions)
     assert pipe.text_encoder.config.n_layers == 1
     assert index["training"]["t2i"]["experiment"]["model"]["text_encoder"]["n_layers"] == 1
-    # the shipped recipe scores codes by their factors, described from 100 images here
+    # the shipped recipe scores codes by their factors, described from 100 images here; the merge of
+    # equal codes was checked first (a seconds-old VQ fails it, but the override asked for factors)
     assert pipe.image_decoder.config.code_embedding == "factors"
+    check = index["training"]["t2i"]["code_factors_check"]
+    assert check["code_embedding"] == "factors" and 0 <= check["fidelity"] <= 1
     assert index["training"]["t2i"]["experiment"]["data"]["code_images"] == 100
     assert (pipe.image_decoder.code_canonical != torch.arange(pipe.image_decoder.config.codebook_size)).any()
+
+
+@pytest.mark.parametrize("fidelity, override, expected", [(0.96, [], "factors"), (0.5, [], "table"),
+                                                         (0.5, ["--model.image_decoder.code_embedding=factors"], "factors")])
+def test_factors_fall_back_to_a_table_when_the_merge_changes_images(tmp_path, monkeypatch, fidelity, override, expected):
+    from mmgen import demo
+    from mmgen.training import image_kinds
+
+    (tmp_path / "meta.json").write_text(json.dumps({"source": {"kind": "shapes", "seed": 0}}))
+    seen = {}
+
+    def fake_describe(vq, source, n):
+        seen.update(source=source, n=n)
+        return {"fidelity": fidelity}
+
+    monkeypatch.setattr(image_kinds, "describe_codes", fake_describe)
+    lines = []
+    check = demo.check_code_factors(object(), tmp_path, ["--data.code_images=123", *override],
+                                    log=lambda *a, **k: lines.append(a[0]))
+    assert check == {"fidelity": fidelity, "min_fidelity": image_kinds.MIN_FIDELITY, "code_embedding": expected}
+    assert seen == {"source": {"kind": "shapes", "seed": 0}, "n": 123} and expected in lines[0]
+    # a config that does not use factors is not checked
+    assert demo.check_code_factors(object(), tmp_path, ["--model.image_decoder.code_embedding=table"]) == {}
+
+
+def test_canonical_fidelity_counts_images_the_merge_changes():
+    from mmgen.models.code_factors import canonical_fidelity
+
+    class PatchVQ:  # one code per 2x2 patch; code k decodes to the value k / 10 (so codes 0 and 9 differ by 0.9)
+        def encode(self, x):
+            return (x[:, 0].unfold(1, 2, 2).unfold(2, 2, 2).mean((-1, -2)) * 10).round().long()
+
+        def decode(self, codes):
+            img = (codes.float() / 10).repeat_interleave(2, 1).repeat_interleave(2, 2)
+            return img[:, None].expand(-1, 3, -1, -1)
+
+    images = [torch.zeros(3, 20, 20) for _ in range(4)]
+    images[1][:, :2, :2] = 0.9  # one patch of 100 (1 % of pixels): under the 2 % that counts
+    images[2][:, :4, :4] = 0.9  # four patches (4 %): changed when code 9 merges into code 0
+    images[3][:, :, :] = 0.9  # all of it
+    identity = torch.arange(10)
+    assert canonical_fidelity(PatchVQ(), images, identity) == 1.0
+    merged = identity.clone()
+    merged[9] = 0
+    assert canonical_fidelity(PatchVQ(), images, merged) == 0.5
 
 
 def test_tune_searches_the_grid_then_candidates(monkeypatch):

@@ -109,8 +109,11 @@ def _contact_sheet(rows: list[list[Image.Image]], path: str) -> None:
 
 
 def format_report(results: dict[str, Any]) -> str:
-    """A plain-text table: exact match and per-attribute accuracy for each group and reference."""
-    attrs = ["exact", "color", "shape", "size", "position", "relation"]
+    """A plain-text table: exact match and per-attribute accuracy for each group and reference.
+
+    ``count`` is the share of images with exactly as many objects as the prompt names: a greedy
+    decoder that leaves the second of two objects out shows there, not in the attributes."""
+    attrs = ["exact", "count", "color", "shape", "size", "position", "relation"]
     lines = [f"{'group':<18}{'source':<16}" + "".join(f"{a:>10}" for a in attrs)]
     for group in GROUPS:
         for source in ("model", "oracle", "vq_ceiling", "random_caption"):

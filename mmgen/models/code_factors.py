@@ -22,7 +22,7 @@ match after encode → canonical → decode stays 1.0 (train) / 0.99 (held-out i
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -64,6 +64,27 @@ def source_patches(vq, images: Iterable[torch.Tensor], batch_size: int = 200) ->
         if c:
             out[k] = torch.frombuffer(bytearray(c.most_common(1)[0][0]), dtype=torch.uint8).reshape(f, f, 3)
     return out, counts
+
+
+@torch.inference_mode()
+def canonical_fidelity(vq, images: Sequence[torch.Tensor], canonical: torch.Tensor, tolerance: float = 0.5,
+                       max_changed: float = 0.02) -> float:
+    """Share of ``images`` whose VQ decoding is unchanged when every code is replaced by its canonical code.
+
+    Merging codes with equal factors is lossless when the VQ spends codes on patches (the demo's
+    VQ: the shapes reader stays exact on 1.000 / 0.993 of images); a VQ whose decoder reads codes
+    in context can use several codes for one patch, and merging them changes the pictures. An
+    image counts as changed when more than ``max_changed`` of its pixels move by more than
+    ``tolerance`` (images in [-1, 1]): a small shapes object is 5 % of the image, so a wrong colour
+    or shape counts and a few edge pixels do not. The demo's VQ scores 0.96; a VQ trained for 894
+    steps instead of 3,588 scored 0.51 (its reader exact after the merge: 0.30).
+    """
+    x = torch.stack(list(images)).float()
+    codes = vq.encode(x)
+    plain = vq.decode(codes).clamp(-1, 1)
+    merged = vq.decode(canonical.to(codes.device)[codes]).clamp(-1, 1)
+    moved = ((plain - merged).abs().amax(1) > tolerance).flatten(1).float().mean(1)  # (B,) share of pixels
+    return 1.0 - (moved > max_changed).float().mean().item()
 
 
 def _two_tone(patch: torch.Tensor, flat: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

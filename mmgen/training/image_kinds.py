@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -244,22 +245,32 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     )
 
 
-def describe_codes(vq, source: dict[str, Any], n: int) -> dict[str, torch.Tensor]:
+FIDELITY_IMAGES = 256  # images the canonical merge is checked on
+MIN_FIDELITY = 0.9  # below this share of unchanged images, factors would cap what the model can draw
+
+
+def describe_codes(vq, source: dict[str, Any], n: int) -> dict[str, Any]:
     """:func:`mmgen.models.code_factors.two_tone_factors` of ``vq``'s codes, read off ``n`` images
     of a codes folder's ``source`` (its meta.json entry): shapes pictures drawn as the VQ's training
-    images were (both splits, never captions), or the first images of an image folder."""
-    from mmgen.models.code_factors import source_patches, two_tone_factors
+    images were (both splits, never captions), or the first images of an image folder; plus
+    ``fidelity``, :func:`~mmgen.models.code_factors.canonical_fidelity` on the first of them."""
+    from mmgen.models.code_factors import canonical_fidelity, source_patches, two_tone_factors
 
     size = vq.config.image_size
     if source["kind"] == "shapes":
         images = _ShapesImages(source.get("seed", 0), n, size, ShapesImagesDataConfig.heldout_every)
-        pictures = (images[i]["images"] for i in range(len(images)))
+        picture = lambda i: images[i]["images"]  # noqa: E731
+        count = len(images)
     else:
         from mmgen.data.folder import ImageCaptionFolder
 
         folder = ImageCaptionFolder(source["path"], image_size=size)
-        pictures = (folder[i]["image"] for i in range(min(len(folder), n)))
-    return two_tone_factors(*source_patches(vq, pictures))
+        picture = lambda i: folder[i]["image"]  # noqa: E731
+        count = min(len(folder), n)
+    described = two_tone_factors(*source_patches(vq, (picture(i) for i in range(count))))
+    described["fidelity"] = canonical_fidelity(vq, [picture(i) for i in range(min(count, FIDELITY_IMAGES))],
+                                               described["canonical"])
+    return described
 
 
 def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
@@ -278,6 +289,10 @@ def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
         from mmgen.models.vq import VQModel
 
         described = describe_codes(VQModel.from_pretrained(data_cfg.vq).eval(), source, data_cfg.code_images)
+        if described["fidelity"] < MIN_FIDELITY:
+            print(f"warning: merging codes with equal factors changes {1 - described['fidelity']:.0%} of decoded "
+                  f"images with this VQ ({data_cfg.vq}); the model cannot draw them exactly. "
+                  "model.image_decoder.code_embedding=table keeps every code", file=sys.stderr, flush=True)
         model.image_decoder.set_code_factors(described["factors"], described["canonical"])
 
     return prepare
