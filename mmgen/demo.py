@@ -127,7 +127,7 @@ def check_code_factors(vq, codes_dir: Path, overrides: Sequence[str], log=print)
     Returns the check's record (empty when factors are not used).
     """
     from mmgen.config import read_json
-    from mmgen.training.config import load_experiment
+    from mmgen.training.config import load_experiment, parse_overrides
     from mmgen.training.image_kinds import MIN_FIDELITY, describe_codes
 
     experiment = load_experiment(str(CONFIGS / "t2i_shapes.yaml"), list(overrides))
@@ -135,7 +135,7 @@ def check_code_factors(vq, codes_dir: Path, overrides: Sequence[str], log=print)
         return {}
     source = read_json(codes_dir / "meta.json").get("source", {})
     fidelity = describe_codes(vq, source, experiment.data.code_images)["fidelity"]
-    chosen_by_user = any(o.startswith("--model.image_decoder.code_embedding") for o in overrides)
+    chosen_by_user = "model.image_decoder.code_embedding" in parse_overrides(overrides)
     choice = "factors" if fidelity >= MIN_FIDELITY or chosen_by_user else "table"
     log(f"[train-demo] codes  merging codes with equal factors keeps {fidelity:.1%} of decoded images unchanged "
         f"(needs {MIN_FIDELITY:.0%}): code_embedding {choice}", flush=True)

@@ -348,7 +348,8 @@ class Trainer:
         export_dir = self._export(model, unwrapped, ema) if cfg.export else None
         summary = {
             "num_processes": world, "distributed_type": acc.distributed_type.name,
-            "mixed_precision": acc.mixed_precision, "steps": step, "samples_seen": samples_seen, "elapsed_s": elapsed, "train_loss": last_loss,
+            "mixed_precision": acc.mixed_precision, "steps": step, "samples_seen": samples_seen,
+            "elapsed_s": elapsed, "train_loss": last_loss,
             **(last_val or {}), "resumed_from": resumed_from, "export": str(export_dir) if export_dir else None,
         }
         if acc.is_main_process:
