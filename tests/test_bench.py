@@ -230,4 +230,4 @@ def test_vq_codes_analysis_on_a_tiny_vq(tmp_path):
     assert out["merge"][100.0]["classes"] == 1  # everything is within 100
     f = out["factors"]
     assert 1 <= f["descriptions"] <= 32 and 0.0 <= f["heldout_single_needing_unseen_factor"] <= 1.0
-    assert 0.0 <= f["train"] <= 1.0 and 0.0 <= f["heldout"] <= 1.0
+    assert 0.0 <= f["train"] <= 1.0 and 0.0 <= f["heldout"] <= 1.0 and 0.0 <= f["fidelity"] <= 1.0
