@@ -264,7 +264,8 @@ class ImageDecoderConfig(TransformerConfig):
     """The causal transformer over VQ codes, conditioned on text-encoder states.
 
     ``vocab_size`` must be ``codebook_size + 1``: the extra id is the start token, and the model
-    predicts codes only. The sequence is the ``grid_h × grid_w`` code grid in raster order.
+    predicts codes only. The sequence is the ``grid_h × grid_w`` code grid, in the order
+    ``code_order`` says (:func:`mmgen.models.image_decoder.generation_order`).
     """
 
     codebook_size: int = 512
@@ -275,6 +276,12 @@ class ImageDecoderConfig(TransformerConfig):
     conditioning: Literal["cross", "prefix"] = "cross"  # cross-attention, or text states as a prefix
     grid_position: Literal["learned", "rope"] = "learned"  # learned row + column tables, or 2-D RoPE
     caption_dropout: float = 0.1  # probability of training a row on the null context (for guidance)
+    # The order codes are generated in: "raster" (row by row), or "coarse": first a sketch, the
+    # codes at every coarse_stride-th row and column (offset coarse_stride // 2: on a 9 x 9 grid at
+    # stride 3, the centres of a 3 x 3 layout), then the others row by row. Where things go is
+    # decided in a few codes that all see one another, before any detail is drawn.
+    code_order: Literal["raster", "coarse"] = "raster"
+    coarse_stride: int = 3
     # How a code is represented, in and out: "table" (a free vector per code, and a free output
     # row) or "pixels" (an MLP of the code's decoded patch, the same vectors for input and output
     # logits): codes that look alike get alike vectors, so a code never seen as a training target
@@ -307,6 +314,9 @@ class ImageDecoderConfig(TransformerConfig):
             raise ConfigError("cross_attention must be true exactly when conditioning is 'cross'")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.code_order == "coarse" and not 2 <= self.coarse_stride <= min(self.grid_h, self.grid_w):
+            raise ConfigError(f"coarse_stride must be in [2, {min(self.grid_h, self.grid_w)}] (the grid's shorter side), "
+                              f"got {self.coarse_stride}")
         if len(self.code_factor_sizes) != 3 or min(self.code_factor_sizes) < 1:
             raise ConfigError(f"code_factor_sizes must be three positive sizes, got {self.code_factor_sizes}")
 

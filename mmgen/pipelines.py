@@ -456,10 +456,9 @@ class TextToImagePipeline:
         classifier, was tried first and picks worse images: on the demo bundle it halved exact
         match on seen single objects, favouring grids the unconditional branch finds unlikely.
         """
-        dec = self.image_decoder
-        bos = torch.full((codes.shape[0], 1), dec.config.bos_id, dtype=torch.long, device=codes.device)
-        logits, _ = dec(torch.cat([bos, codes[:, :-1]], dim=1), states, mask)
-        return logits.float().log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1).sum(-1)
+        codes_in, targets = self.image_decoder.teacher_forcing(codes)
+        logits, _ = self.image_decoder(codes_in, states, mask)
+        return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1).sum(-1)
 
     def decode_codes(self, codes: torch.Tensor, preview: bool = False) -> list:
         """Codes (B, N) -> PIL images. In a preview, codes of -1 (not sampled yet) show as grey rows."""
@@ -509,13 +508,13 @@ class TextToImagePipeline:
             raise ValueError("attention maps need a cross-attention model")
         codes = self.encode_image(image) if not torch.is_tensor(image) else image.view(1, -1)
         states, mask = self.encode_prompts([prompt])
-        bos = torch.full((1, 1), dec.config.bos_id, dtype=torch.long, device=codes.device)
         modules = [b.cross_attn for b in dec.trunk.blocks]
         for m in modules:
             m.record_weights = True
         try:
-            dec(torch.cat([bos, codes[:, :-1]], 1), states, mask)
-            weights = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)  # (N, T)
+            dec(dec.teacher_forcing(codes)[0], states, mask)
+            weights = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)  # (N, T) by step
+            weights = dec.to_grid(weights, dim=0)  # by grid position
         finally:
             for m in modules:
                 m.record_weights, m.last_weights = False, None

@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_pipeline
 from mmgen.checkpoint import CheckpointError
 from mmgen.config import ConfigError, ImageDecoderConfig, TextEncoderConfig, TextToImageConfig
-from mmgen.models.image_decoder import ImageDecoder
+from mmgen.models.image_decoder import ImageDecoder, generation_order
 from mmgen.models.text_to_image import TextToImage
 from mmgen.nn.kv_cache import KVCache
 from mmgen.pipelines import TextToImagePipeline, read_png_metadata, save_png
@@ -19,7 +19,7 @@ from mmgen.sampling.image import Cancelled, sample_image_codes
 from mmgen.sampling.processors import SamplingParams, make_generators
 
 
-def _decoder(conditioning="cross", grid_position="learned", code_embedding="table"):
+def _decoder(conditioning="cross", grid_position="learned", code_embedding="table", code_order="raster"):
     torch.manual_seed(0)
     dec = ImageDecoder(
         ImageDecoderConfig(
@@ -27,6 +27,7 @@ def _decoder(conditioning="cross", grid_position="learned", code_embedding="tabl
             max_len=22, dim=32, n_layers=2, n_heads=4, conditioning=conditioning,
             cross_attention=conditioning == "cross", grid_position=grid_position,
             code_embedding=code_embedding, code_patch_dim=48, code_mlp_dim=16,
+            code_order=code_order, coarse_stride=2,
         )
     ).eval()
     if code_embedding == "pixels":
@@ -43,10 +44,14 @@ def _decoder(conditioning="cross", grid_position="learned", code_embedding="tabl
 @pytest.mark.parametrize("conditioning,grid_position,code_embedding", [
     ("cross", "learned", "table"), ("cross", "rope", "table"), ("prefix", "learned", "table"),
     ("prefix", "rope", "table"), ("cross", "learned", "pixels"), ("prefix", "rope", "pixels"),
-    ("cross", "learned", "factors"), ("prefix", "rope", "factors"),
+    ("cross", "learned", "factors"), ("prefix", "rope", "factors"), ("cross", "learned", "coarse"),
+    ("prefix", "rope", "coarse"),
 ])
 def test_cached_equals_uncached_logits(conditioning, grid_position, code_embedding):
-    dec = _decoder(conditioning, grid_position, code_embedding)
+    if code_embedding == "coarse":  # a table of codes, generated coarse-first
+        dec = _decoder(conditioning, grid_position, "table", code_order="coarse")
+    else:
+        dec = _decoder(conditioning, grid_position, code_embedding)
     codes = torch.randint(0, 32, (2, 16))
     inp = torch.cat([torch.full((2, 1), 32), codes[:, :-1]], 1)
     ctx, mask = torch.randn(2, 5, 24), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -56,6 +61,35 @@ def test_cached_equals_uncached_logits(conditioning, grid_position, code_embeddi
         steps = [dec(inp[:, :3], ctx, mask, cache=cache)[0]]
         steps += [dec(inp[:, t : t + 1], ctx, mask, cache=cache, start=t)[0] for t in range(3, 16)]
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_coarse_order_sketches_the_layout_first():
+    cfg = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=9, grid_w=9, max_len=81, code_order="coarse")
+    order = generation_order(cfg).tolist()
+    # the centres of the 3 x 3 cells, row by row, then every other position row by row
+    assert order[:9] == [10, 13, 16, 37, 40, 43, 64, 67, 70]
+    assert sorted(order) == list(range(81)) and order[9:] == sorted(order[9:])
+    assert generation_order(cfg.replace(code_order="raster")).tolist() == list(range(81))
+    with pytest.raises(ConfigError, match="coarse_stride"):
+        cfg.replace(coarse_stride=10)
+    with pytest.raises(ConfigError, match="code_order"):  # as a YAML or bundle would give it
+        ImageDecoderConfig.from_dict({**cfg.to_dict(), "code_order": "spiral"})
+
+
+@pytest.mark.parametrize("code_order", ["raster", "coarse"])
+def test_sampling_draws_each_code_where_training_predicts_it(code_order):
+    """Greedy sampling and a teacher-forced forward agree: every sampled code is the argmax of
+    the training-time logits at the step that predicts its grid position."""
+    dec = _decoder(code_embedding="table", code_order=code_order)
+    ctx, mask = torch.randn(3, 5, 24), torch.ones(3, 5, dtype=torch.long)
+    codes = sample_image_codes(dec, ctx, mask, SamplingParams(top_k=1))  # (3, 16) grid order
+    codes_in, targets = dec.teacher_forcing(codes)
+    with torch.no_grad():
+        logits, _ = dec(codes_in, ctx, mask)
+    assert torch.equal(logits.argmax(-1), targets)
+    assert torch.equal(dec.to_grid(targets), codes)
+    if code_order == "coarse":  # the targets really are permuted: grid positions 5, 7, 13, 15 first
+        assert torch.equal(targets[:, :4], codes[:, [5, 7, 13, 15]])
 
 
 def test_pixel_code_vectors_come_from_the_vq_patches_and_survive_save_load(tmp_path):
@@ -196,8 +230,9 @@ def test_previews_arrive_with_grey_unsampled_rows():
     assert all(first.getpixel((x, 15)) == (128, 128, 128) for x in range(16))
 
 
-def test_completion_keeps_the_given_rows_exactly():
-    pipe = make_tiny_pipeline()
+@pytest.mark.parametrize("code_order", ["raster", "coarse"])
+def test_completion_keeps_the_given_rows_exactly(code_order):
+    pipe = make_tiny_pipeline(code_order=code_order)
     source = pipe("a green triangle", seed=3)[0]
     codes = pipe.encode_image(source)
     out = pipe.complete(source, keep_rows=2, prompt="a large blue square", num_images=3, seed=5)

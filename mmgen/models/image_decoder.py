@@ -1,7 +1,11 @@
 """The image decoder: a causal transformer over VQ codes, conditioned on text.
 
-Input at position i is the previous code (or the start token at i = 0) plus the 2-D position
-of the code it must predict; the output at i is a distribution over the codebook for code i.
+Codes are generated in the order :func:`generation_order` gives (raster, or a coarse sketch
+first). Input at step i is the previous code (or the start token at i = 0) plus the 2-D position
+of the code it must predict (and, in a non-raster order, the position of the code it holds); the
+output at i is a distribution over the codebook for code i. :meth:`ImageDecoder.teacher_forcing`
+turns a grid of codes into the inputs and targets of a training step, so callers never handle
+the order themselves.
 The text arrives through cross-attention (default) or as a prefix of projected encoder states.
 A learned *null context* stands in for the text when a caption is dropped in training, and is
 the unconditional branch of classifier-free guidance when sampling.
@@ -26,6 +30,22 @@ from ..nn.kv_cache import KVCache
 from ..nn.position import rope_2d
 from .code_factors import FACTOR_NAMES
 from .trunk import Transformer
+
+
+def generation_order(config: ImageDecoderConfig) -> torch.Tensor:
+    """(N,) grid positions (raster indices) in the order the decoder generates them.
+
+    "raster": 0, 1, ..., N - 1. "coarse": first the positions whose row and column are both
+    ``coarse_stride // 2`` modulo ``coarse_stride``, row by row, then every other one row by row.
+    """
+    c = config
+    index = torch.arange(c.num_codes)
+    if c.code_order == "raster":
+        return index
+    s = c.coarse_stride
+    rows, cols = index // c.grid_w, index % c.grid_w
+    sketch = (rows % s == s // 2) & (cols % s == s // 2)
+    return torch.cat([index[sketch], index[~sketch]])
 
 
 class ImageDecoder(PretrainedMixin, nn.Module):
@@ -74,10 +94,34 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         else:
             self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
-        rows = torch.arange(c.num_codes) // c.grid_w
-        cols = torch.arange(c.num_codes) % c.grid_w
+        order = generation_order(c)
+        rows, cols = order // c.grid_w, order % c.grid_w  # of the code predicted at each step
+        self.register_buffer("order", order, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
+        self.in_row_emb = self.in_col_emb = None
+        if c.code_order != "raster":
+            # out of raster order the code an input holds is not simply the one before its target:
+            # its own position is added (row/column grid_h/grid_w: the start token, no position)
+            self.in_row_emb = nn.Embedding(c.grid_h + 1, c.dim)
+            self.in_col_emb = nn.Embedding(c.grid_w + 1, c.dim)
+            nn.init.normal_(self.in_row_emb.weight, std=0.02)
+            nn.init.normal_(self.in_col_emb.weight, std=0.02)
+            self.register_buffer("in_rows", torch.cat([torch.tensor([c.grid_h]), rows[:-1]]), persistent=False)
+            self.register_buffer("in_cols", torch.cat([torch.tensor([c.grid_w]), cols[:-1]]), persistent=False)
+
+    # ------------------------------------------------------------------------------------------
+
+    def teacher_forcing(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (B, N) in grid (raster) order -> the inputs (start token + every code but the
+        last) and the targets of one teacher-forced forward, both (B, N) in generation order."""
+        seq = codes[:, self.order]
+        bos = torch.full_like(seq[:, :1], self.config.bos_id)
+        return torch.cat([bos, seq[:, :-1]], dim=1), seq
+
+    def to_grid(self, seq: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """The inverse of the generation order along ``dim``: values per step -> per grid position."""
+        return torch.empty_like(seq).index_copy_(dim, self.order, seq)
 
     # ------------------------------------------------------------------------------------------
 
@@ -152,7 +196,7 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         return (p - p.mean(0)) / (p.std(0) + 0.05)
 
     def _grid_inputs(self, codes_in: torch.Tensor, start: int, vectors: Optional[torch.Tensor] = None):
-        """Token + 2-D position embeddings for positions [start, start + T) of the grid."""
+        """Token + 2-D position embeddings for steps [start, start + T) of the generation order."""
         T = codes_in.shape[1]
         if self.config.code_embedding == "factors":
             x = F.embedding(codes_in, vectors)
@@ -162,6 +206,8 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             table = F.pad(vectors, (0, 0, 0, 1))
             x = F.embedding(codes_in, table) + self.code_in(codes_in)
         rows, cols = self.rows[start : start + T], self.cols[start : start + T]
+        if self.in_row_emb is not None:
+            x = x + self.in_row_emb(self.in_rows[start : start + T]) + self.in_col_emb(self.in_cols[start : start + T])
         rope = None
         if self.config.grid_position == "learned":
             x = x + self.row_emb(rows) + self.col_emb(cols)
@@ -179,7 +225,8 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         start: int = 0,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """codes_in (B, T): start token then codes, for grid positions [start, start + T).
+        """codes_in (B, T): start token then codes, for steps [start, start + T) of the generation
+        order (:meth:`teacher_forcing` makes them from a grid of codes).
 
         context (B, Tc, Dc) with context_mask (B, Tc); labels (B, T) the codes to predict.
         Returns logits over the codebook (B, T, K) and the cross-entropy loss when labels are given.

@@ -38,7 +38,8 @@ class TextToImage(nn.Module):
     def forward(
         self, text_ids: torch.Tensor, text_mask: torch.Tensor, codes: torch.Tensor, **_: object
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """text_ids/text_mask (B, Tc), codes (B, N) in raster order -> logits (B, N, K), loss."""
+        """text_ids/text_mask (B, Tc), codes (B, N) in raster order -> logits (B, N, K) in the
+        decoder's generation order, loss."""
         dec = self.image_decoder
         context = self.encode_text(text_ids, text_mask)
         if self.training and dec.config.caption_dropout > 0:
@@ -46,9 +47,8 @@ class TextToImage(nn.Module):
             null, null_mask = dec.null_contexts(codes.shape[0], context.shape[1])
             context = torch.where(drop[:, None, None], null.to(context.dtype), context)
             text_mask = torch.where(drop[:, None], null_mask, text_mask)
-        bos = torch.full_like(codes[:, :1], dec.config.bos_id)
-        codes_in = torch.cat([bos, codes[:, :-1]], dim=1)  # teacher forcing: predict code i from codes < i
-        return dec(codes_in, context, text_mask, labels=codes)
+        codes_in, labels = dec.teacher_forcing(codes)  # predict each code from the ones before it
+        return dec(codes_in, context, text_mask, labels=labels)
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> None:
         directory = Path(directory)
