@@ -236,6 +236,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help=f"Tiny Shakespeare text to import (`mmgen data text --from`) when {SHAKESPEARE} is missing")
     args = p.parse_args(list(argv) if argv is not None else None)
 
+    # a bad --t2i-override fails now, not after the VQ stage's minutes
+    from mmgen.config import ConfigError
+    from mmgen.training.config import load_experiment
+
+    try:
+        load_experiment(str(CONFIGS / "t2i_shapes.yaml"), list(args.t2i_override))
+    except ConfigError as e:
+        print(f"mmgen train-demo: error: --t2i-override: {e}", file=sys.stderr)
+        return 2
+
     import torch
 
     torch.set_num_threads(args.threads)

@@ -164,6 +164,16 @@ def test_non_empty_out_needs_reuse_and_reuse_keeps_finished_stages(demo_run):
     assert "--reuse" in made_by["tune"]
 
 
+def test_a_bad_t2i_override_fails_before_any_training(tmp_path):
+    out = tmp_path / "run"
+    for bad, says in (("--model.image_decoder.code_order=spiral", "code_order"),
+                      ("--model.image_decoder.conditioning=prefix", "max_len"),
+                      ("--train.no_such_key=1", "no_such_key")):
+        proc = train_demo("--out", str(out), f"--t2i-override={bad}", *TINY)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not out.exists()  # refused before the VQ stage made anything
+
+
 def test_recorded_command_keeps_no_local_paths():
     from mmgen.demo import recorded_command
 
