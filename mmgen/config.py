@@ -282,6 +282,10 @@ class ImageDecoderConfig(TransformerConfig):
     # decided in a few codes that all see one another, before any detail is drawn.
     code_order: Literal["raster", "coarse"] = "raster"
     coarse_stride: int = 3
+    # "coarse": the training loss weighs each sketch code this many times a detail code (a
+    # weighted mean). Where an object goes is learnt from the sketch codes alone: once the sketch
+    # is given, the details around it are nearly certain and teach little about positions.
+    sketch_loss_weight: float = 1.0
     # How a code is represented, in and out: "table" (a free vector per code, and a free output
     # row) or "pixels" (an MLP of the code's decoded patch, the same vectors for input and output
     # logits): codes that look alike get alike vectors, so a code never seen as a training target
@@ -317,6 +321,9 @@ class ImageDecoderConfig(TransformerConfig):
         if self.code_order == "coarse" and not 2 <= self.coarse_stride <= min(self.grid_h, self.grid_w):
             raise ConfigError(f"coarse_stride must be in [2, {min(self.grid_h, self.grid_w)}] (the grid's shorter side), "
                               f"got {self.coarse_stride}")
+        if self.sketch_loss_weight <= 0 or (self.sketch_loss_weight != 1.0 and self.code_order != "coarse"):
+            raise ConfigError(f"sketch_loss_weight must be > 0, and 1 unless code_order is 'coarse' "
+                              f"(got {self.sketch_loss_weight} with code_order {self.code_order!r})")
         if len(self.code_factor_sizes) != 3 or min(self.code_factor_sizes) < 1:
             raise ConfigError(f"code_factor_sizes must be three positive sizes, got {self.code_factor_sizes}")
 

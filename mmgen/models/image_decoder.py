@@ -95,6 +95,8 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         order = generation_order(c)
+        s = c.coarse_stride
+        self.sketch_len = len(range(s // 2, c.grid_h, s)) * len(range(s // 2, c.grid_w, s)) if c.code_order == "coarse" else 0
         rows, cols = order // c.grid_w, order % c.grid_w  # of the code predicted at each step
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
@@ -255,7 +257,12 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         if labels is not None:
             if c.code_embedding == "factors":  # a code's target is the canonical code of its factors
                 labels = torch.where(labels >= 0, self.code_canonical[labels.clamp(min=0)], labels)
-            loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100,
+                                   reduction="mean" if c.sketch_loss_weight == 1.0 else "none")
+            if c.sketch_loss_weight != 1.0:  # a weighted mean: sketch codes count sketch_loss_weight times
+                weight = torch.where(torch.arange(start, start + labels.shape[1], device=labels.device) < self.sketch_len,
+                                     c.sketch_loss_weight, 1.0).expand_as(labels) * (labels != -100)
+                loss = (loss.view_as(labels) * weight).sum() / weight.sum().clamp(min=1e-8)
         return logits, loss
 
     def _forward_prefix(self, x, rope, context, context_mask, cache, start):
