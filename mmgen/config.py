@@ -282,6 +282,9 @@ class ImageDecoderConfig(TransformerConfig):
     # decided in a few codes that all see one another, before any detail is drawn.
     code_order: Literal["raster", "coarse"] = "raster"
     coarse_stride: int = 3
+    # "coarse": the sketch's (row, column) offset within each stride x stride block; unset: the
+    # centre (coarse_stride // 2 both ways)
+    coarse_offset: Optional[tuple[int, int]] = None
     # "coarse": the training loss weighs each sketch code this many times a detail code (a
     # weighted mean). Where an object goes is learnt from the sketch codes alone: once the sketch
     # is given, the details around it are nearly certain and teach little about positions.
@@ -321,6 +324,9 @@ class ImageDecoderConfig(TransformerConfig):
         if self.code_order == "coarse" and not 2 <= self.coarse_stride <= min(self.grid_h, self.grid_w):
             raise ConfigError(f"coarse_stride must be in [2, {min(self.grid_h, self.grid_w)}] (the grid's shorter side), "
                               f"got {self.coarse_stride}")
+        if self.coarse_offset is not None and not all(0 <= o < self.coarse_stride for o in self.coarse_offset):
+            raise ConfigError(f"coarse_offset must be two offsets in [0, coarse_stride={self.coarse_stride}), "
+                              f"got {self.coarse_offset}")
         if self.sketch_loss_weight <= 0 or (self.sketch_loss_weight != 1.0 and self.code_order != "coarse"):
             raise ConfigError(f"sketch_loss_weight must be > 0, and 1 unless code_order is 'coarse' "
                               f"(got {self.sketch_loss_weight} with code_order {self.code_order!r})")

@@ -70,10 +70,39 @@ def test_coarse_order_sketches_the_layout_first():
     assert order[:9] == [10, 13, 16, 37, 40, 43, 64, 67, 70]
     assert sorted(order) == list(range(81)) and order[9:] == sorted(order[9:])
     assert generation_order(cfg.replace(code_order="raster")).tolist() == list(range(81))
+    # the top-middle code of each cell instead (where a shape's top edge is drawn)
+    top = cfg.replace(coarse_offset=(0, 1), sketch_loss_weight=2.0)
+    assert generation_order(top).tolist()[:9] == [1, 4, 7, 28, 31, 34, 55, 58, 61]
+    assert ImageDecoder(top.replace(dim=32, n_heads=4, n_layers=1)).sketch_len == 9
+    with pytest.raises(ConfigError, match="coarse_offset"):
+        cfg.replace(coarse_offset=(0, 3))
     with pytest.raises(ConfigError, match="coarse_stride"):
         cfg.replace(coarse_stride=10)
     with pytest.raises(ConfigError, match="code_order"):  # as a YAML or bundle would give it
         ImageDecoderConfig.from_dict({**cfg.to_dict(), "code_order": "spiral"})
+
+
+def test_sketch_loss_weight_is_a_weighted_mean_over_the_sketch_and_the_rest():
+    import torch.nn.functional as F
+
+    cfg = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=6, grid_w=6, context_dim=16, max_len=36, dim=32,
+                             n_layers=1, n_heads=4, code_order="coarse", coarse_stride=3, sketch_loss_weight=5.0)
+    torch.manual_seed(0)
+    dec = ImageDecoder(cfg)
+    assert dec.sketch_len == 4  # rows and columns 1 and 4
+    codes, ctx = torch.randint(0, 32, (2, 36)), torch.randn(2, 3, 16)
+    codes_in, targets = dec.teacher_forcing(codes)
+    logits, loss = dec(codes_in, ctx, labels=targets)
+    ce = F.cross_entropy(logits.reshape(-1, 32), targets.reshape(-1), reduction="none").view(2, 36)
+    sketch, rest = ce[:, :4], ce[:, 4:]
+    assert torch.allclose(loss, (5 * sketch.sum() + rest.sum()) / (2 * (5 * 4 + 32)))
+    unweighted = ImageDecoder(cfg.replace(sketch_loss_weight=1.0))
+    unweighted.load_state_dict(dec.state_dict())
+    assert torch.allclose(unweighted(codes_in, ctx, labels=targets)[1], ce.mean())
+    with pytest.raises(ConfigError, match="sketch_loss_weight"):
+        cfg.replace(code_order="raster")
+    with pytest.raises(ConfigError, match="sketch_loss_weight"):
+        cfg.replace(sketch_loss_weight=0.0)
 
 
 @pytest.mark.parametrize("code_order", ["raster", "coarse"])

@@ -35,16 +35,18 @@ from .trunk import Transformer
 def generation_order(config: ImageDecoderConfig) -> torch.Tensor:
     """(N,) grid positions (raster indices) in the order the decoder generates them.
 
-    "raster": 0, 1, ..., N - 1. "coarse": first the positions whose row and column are both
-    ``coarse_stride // 2`` modulo ``coarse_stride``, row by row, then every other one row by row.
+    "raster": 0, 1, ..., N - 1. "coarse": first the sketch, the positions whose row and column
+    are ``coarse_offset`` modulo ``coarse_stride`` (by default the centre of each block), row by
+    row, then every other one row by row.
     """
     c = config
     index = torch.arange(c.num_codes)
     if c.code_order == "raster":
         return index
     s = c.coarse_stride
+    dr, dc = c.coarse_offset if c.coarse_offset is not None else (s // 2, s // 2)
     rows, cols = index // c.grid_w, index % c.grid_w
-    sketch = (rows % s == s // 2) & (cols % s == s // 2)
+    sketch = (rows % s == dr) & (cols % s == dc)
     return torch.cat([index[sketch], index[~sketch]])
 
 
@@ -95,8 +97,11 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         order = generation_order(c)
-        s = c.coarse_stride
-        self.sketch_len = len(range(s // 2, c.grid_h, s)) * len(range(s // 2, c.grid_w, s)) if c.code_order == "coarse" else 0
+        self.sketch_len = 0
+        if c.code_order == "coarse":
+            s = c.coarse_stride
+            dr, dc = c.coarse_offset if c.coarse_offset is not None else (s // 2, s // 2)
+            self.sketch_len = len(range(dr, c.grid_h, s)) * len(range(dc, c.grid_w, s))
         rows, cols = order // c.grid_w, order % c.grid_w  # of the code predicted at each step
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
