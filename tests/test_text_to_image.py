@@ -375,6 +375,28 @@ def test_cross_attention_maps_cover_prompt_tokens():
     assert torch.allclose(maps.sum(0), torch.ones(4, 4), atol=1e-4)  # each code's attention sums to 1
 
 
+@pytest.mark.parametrize("code_order", ["raster", "coarse"])
+def test_cross_attention_maps_put_each_step_at_its_grid_position(code_order):
+    pipe = make_tiny_pipeline(code_order=code_order)
+    img = pipe("a small red circle", seed=0)[0]
+    tokens, maps = pipe.cross_attention_maps("a small red circle", img)
+    dec = pipe.image_decoder
+    # the first step (the start token's query) predicts the first code of the order: position 0 in
+    # raster order, the first sketch code (row 1, column 1 at stride 2) in coarse order
+    states, mask = pipe.encode_prompts(["a small red circle"])
+    modules = [b.cross_attn for b in dec.trunk.blocks]
+    for m in modules:
+        m.record_weights = True
+    with torch.no_grad():
+        dec(torch.full((1, 1), dec.config.bos_id), states, mask)
+    first = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)[0, : len(tokens)]  # (T,)
+    for m in modules:
+        m.record_weights, m.last_weights = False, None
+    r, c = divmod(int(dec.order[0]), 4)
+    assert (r, c) == ((0, 0) if code_order == "raster" else (1, 1))
+    assert torch.allclose(maps[:, r, c], first, atol=1e-5)
+
+
 def test_text_encoder_starts_from_bert_and_t5_folders(tmp_path):
     from mmgen.config import BERTConfig
     from mmgen.models.bert import BERT
