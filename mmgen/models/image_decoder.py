@@ -39,15 +39,20 @@ def generation_order(config: ImageDecoderConfig) -> torch.Tensor:
     are ``coarse_offset`` modulo ``coarse_stride`` (by default the centre of each block), row by
     row, then every other one row by row.
     """
+    index = torch.arange(config.num_codes)
+    sketch = sketch_mask(config)
+    return torch.cat([index[sketch], index[~sketch]])
+
+
+def sketch_mask(config: ImageDecoderConfig) -> torch.Tensor:
+    """(N,) bool in grid order: the codes of the coarse order's sketch (none in raster order)."""
     c = config
     index = torch.arange(c.num_codes)
     if c.code_order == "raster":
-        return index
+        return torch.zeros(c.num_codes, dtype=torch.bool)
     s = c.coarse_stride
     dr, dc = c.coarse_offset if c.coarse_offset is not None else (s // 2, s // 2)
-    rows, cols = index // c.grid_w, index % c.grid_w
-    sketch = (rows % s == dr) & (cols % s == dc)
-    return torch.cat([index[sketch], index[~sketch]])
+    return (index // c.grid_w % s == dr) & (index % c.grid_w % s == dc)
 
 
 class ImageDecoder(PretrainedMixin, nn.Module):
@@ -97,11 +102,7 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             self.head = nn.Linear(c.dim, c.codebook_size, bias=False)
             nn.init.normal_(self.head.weight, std=0.02)
         order = generation_order(c)
-        self.sketch_len = 0
-        if c.code_order == "coarse":
-            s = c.coarse_stride
-            dr, dc = c.coarse_offset if c.coarse_offset is not None else (s // 2, s // 2)
-            self.sketch_len = len(range(dr, c.grid_h, s)) * len(range(dc, c.grid_w, s))
+        self.sketch_len = int(sketch_mask(c).sum())  # the first sketch_len steps draw the sketch
         rows, cols = order // c.grid_w, order % c.grid_w  # of the code predicted at each step
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
