@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_pipeline
 from mmgen.eval.cli import main
-from mmgen.eval.t2i import GROUPS, eval_prompts, evaluate_t2i, format_report, ssim
+from mmgen.eval.t2i import GROUPS, eval_prompts, evaluate_t2i, format_report, ssim, wilson_interval
 
 
 def test_eval_prompts_are_deterministic_and_fully_specified():
@@ -41,6 +41,37 @@ def test_t2i_eval_reports_model_and_references(tmp_path):
     header, first = table.splitlines()[:2]
     assert header.split()[2:4] == ["exact", "count"]  # count: the share with as many objects as the prompt names
     assert float(first.split()[3]) == pytest.approx(report["single_seen"]["model"]["count"], abs=1e-3)
+    # the model's exact match comes with its 95 % interval, which holds the measured share
+    model = report["single_seen"]["model"]
+    lo, hi = model["exact_ci95"]
+    assert lo <= model["exact"] <= hi and hi - lo > 0.3  # 3 prompts say little
+    assert first.split()[-1] == f"{lo:.2f}-{hi:.2f}"
+    assert all(line.split()[-1] == "-" for line in table.splitlines()[2:5])  # references: no interval
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (23, 50), (49, 50), (50, 50), (500, 1000)])
+def test_wilson_interval_solves_the_score_equation(k, n):
+    """Each bound p solves |k/n - p| = z sqrt(p (1 - p) / n), the definition of the Wilson
+    interval; the interval holds k/n, mirrors under k -> n - k and narrows as n grows."""
+    z = 1.96
+    lo, hi = wilson_interval(k, n, z)
+    share = k / n
+    for p in (lo, hi):
+        assert abs(share - p) == pytest.approx(z * (p * (1 - p) / n) ** 0.5, abs=1e-9)
+    assert lo <= share <= hi and lo < hi
+    mirror = wilson_interval(n - k, n, z)
+    assert mirror == pytest.approx((1 - hi, 1 - lo), abs=1e-12)
+    wider = wilson_interval(k, n, z=2.58)
+    assert wider[0] <= lo and wider[1] >= hi
+    if 0 < k < n:
+        big = wilson_interval(4 * k, 4 * n, z)
+        assert big[1] - big[0] < hi - lo
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    for k, n in ((1, 0), (-1, 10), (11, 10)):
+        with pytest.raises(ValueError):
+            wilson_interval(k, n)
 
 
 def test_oracle_is_perfect_at_64px():
