@@ -456,7 +456,8 @@ class TextToImagePipeline:
         classifier, was tried first and picks worse images: on the demo bundle it halved exact
         match on seen single objects, favouring grids the unconditional branch finds unlikely.
         """
-        codes_in, targets = self.image_decoder.teacher_forcing(codes)
+        # an encoded image may hold codes the factors merge away: score each as its canonical code
+        codes_in, targets = self.image_decoder.teacher_forcing(self.image_decoder.canonical_codes(codes))
         logits, _ = self.image_decoder(codes_in, states, mask)
         return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1).sum(-1)
 

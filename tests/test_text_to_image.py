@@ -235,6 +235,20 @@ def test_log_likelihood_is_the_teacher_forced_sum():
     assert abs(float(pipe.log_likelihood(states, mask, codes)) - expected) < 1e-3
 
 
+def test_log_likelihood_scores_a_merged_code_as_its_canonical_code():
+    # an encoded image can hold codes the factors merge away (31 -> 30 in _decoder): they have no
+    # logit of their own, and once scored -1e4 each; they must count as the code the model draws
+    pipe = make_tiny_pipeline()
+    pipe.image_decoder = _decoder(code_embedding="factors")
+    states = torch.randn(1, 3, 24)
+    mask = torch.ones(1, 3, dtype=torch.long)
+    codes = torch.randint(0, 30, (1, 16))
+    codes[0, [2, 9]] = 31
+    merged = pipe.log_likelihood(states, mask, codes)
+    assert float(merged) > -100  # finite and ordinary: no -1e4 terms
+    assert torch.allclose(merged, pipe.log_likelihood(states, mask, codes.where(codes != 31, 30)))
+
+
 def test_cancel_stops_within_one_step():
     pipe = make_tiny_pipeline()
     cancel = threading.Event()

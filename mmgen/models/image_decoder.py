@@ -182,6 +182,13 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         outputs = sum(head.weight[f[:, j]] for j, head in enumerate(self.factor_heads))
         return torch.cat([inputs, self.start_emb[None]]), outputs
 
+    def canonical_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The codes the model draws for ``codes`` (negative ids, e.g. -100, pass through): in
+        "factors" mode each code's canonical code, the only one with a logit; otherwise the same."""
+        if self.config.code_embedding != "factors":
+            return codes
+        return torch.where(codes >= 0, self.code_canonical[codes.clamp(min=0)], codes)
+
     def _masked_to_canonical(self, logits: torch.Tensor) -> torch.Tensor:
         """Non-canonical codes get -1e4 (finite, so guidance's cond - uncond stays 0 for them)."""
         drawn = self.code_canonical == torch.arange(len(self.code_canonical), device=logits.device)
@@ -261,8 +268,7 @@ class ImageDecoder(PretrainedMixin, nn.Module):
             logits = self.head(h) if vectors is None else h @ vectors.t().to(h.dtype)  # (B, T, K)
         loss = None
         if labels is not None:
-            if c.code_embedding == "factors":  # a code's target is the canonical code of its factors
-                labels = torch.where(labels >= 0, self.code_canonical[labels.clamp(min=0)], labels)
+            labels = self.canonical_codes(labels)  # with factors, a code's target is its canonical code
             loss = F.cross_entropy(logits.reshape(-1, c.codebook_size).float(), labels.reshape(-1), ignore_index=-100,
                                    reduction="mean" if c.sketch_loss_weight == 1.0 else "none")
             if c.sketch_loss_weight != 1.0:  # a weighted mean: sketch codes count sketch_loss_weight times
