@@ -178,7 +178,7 @@ def tune_sampling(pipe, n_per_group: int, seed: int, budget_s: float, log=print)
         if best is not None and time.time() - t0 > budget_s:
             log(f"  tune budget ({budget_s:.0f} s) spent")
             break
-        r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, **settings)
+        r = evaluate_t2i(pipe, n_per_group=n_per_group, seed=seed, progress=False, probe=False, **settings)
         score = _mean_exact(r)
         trials.append({**settings, "mean_exact": round(score, 4), "summary": r["summary"]})
         log(f"  guidance {settings['guidance_scale']:<4} top_k {settings['top_k']!s:<4} temperature "

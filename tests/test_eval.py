@@ -9,7 +9,8 @@ import torch
 
 from conftest import make_tiny_pipeline
 from mmgen.eval.cli import main
-from mmgen.eval.t2i import GROUPS, eval_prompts, evaluate_t2i, format_report, ssim, wilson_interval
+from mmgen.eval.t2i import (GROUPS, MIRRORED, direction_probe, eval_prompts, evaluate_t2i, format_report, mirror_prompt, ssim,
+                            wilson_interval)
 
 
 def test_eval_prompts_are_deterministic_and_fully_specified():
@@ -47,6 +48,55 @@ def test_t2i_eval_reports_model_and_references(tmp_path):
     assert lo <= model["exact"] <= hi and hi - lo > 0.3  # 3 prompts say little
     assert first.split()[-1] == f"{lo:.2f}-{hi:.2f}"
     assert all(line.split()[-1] == "-" for line in table.splitlines()[2:5])  # references: no interval
+
+
+def test_mirror_prompt_swaps_every_direction_word_and_only_those():
+    text = "a small red circle to the left of a large blue square"
+    assert mirror_prompt(text) == "a small red circle to the right of a large blue square"
+    assert mirror_prompt("a green triangle in the top left") == "a green triangle in the bottom right"
+    assert mirror_prompt("a blue square above a red circle at the bottom") == "a blue square below a red circle at the top"
+    assert mirror_prompt("a purple circle in the center") == "a purple circle in the center"
+    for _, items in eval_prompts(20).items():  # an involution on every evaluation prompt
+        assert all(mirror_prompt(mirror_prompt(t)) == t for t, _, _ in items)
+
+
+class _ReadsLeftOf:
+    """A stand-in pipeline whose likelihood is 1 for prompts that say "left of", else 0."""
+
+    device = torch.device("cpu")
+
+    def encode_prompts(self, prompts):
+        return prompts, None
+
+    def log_likelihood(self, prompts, mask, codes):
+        assert len(codes) == len(prompts)
+        return torch.tensor([float("left of" in p) for p in prompts])
+
+
+def test_direction_probe_counts_prompts_preferred_over_their_mirror():
+    prompts = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
+               "a blue square to the left of a red circle", "a red circle"]  # the last has nothing to mirror
+    probe = direction_probe(_ReadsLeftOf(), prompts, torch.zeros(4, 16, dtype=torch.long), batch_size=2)
+    assert probe == {"prefers_prompt": pytest.approx(2 / 3), "n": 3}
+    assert direction_probe(_ReadsLeftOf(), ["a red circle"], torch.zeros(1, 16, dtype=torch.long)) == {"n": 0}
+
+
+def test_direction_probe_is_chance_for_a_model_blind_to_direction_words():
+    # a real pipeline, its text encoder's direction words made indistinguishable: prompt and mirror
+    # then score the same, every prompt ties with its mirror and counts half
+    pipe = make_tiny_pipeline()
+    tok, emb = pipe.tokenizer, pipe.text_encoder.trunk.tok_emb.weight
+    ids = {i for word in MIRRORED for i in tok.encode(word, add_special_tokens=False)}  # unknown words: [UNK]
+    assert len(ids) > 1
+    with torch.no_grad():
+        emb[sorted(ids)] = emb[min(ids)].clone()
+    prompts = [t for t, _, _ in eval_prompts(6)["relation_seen"]]
+    codes = torch.randint(0, 32, (len(prompts), 16))
+    probe = direction_probe(pipe, prompts, codes)
+    assert probe["n"] == len(prompts) and probe["prefers_prompt"] == 0.5
+    report = evaluate_t2i(pipe, n_per_group=2, progress=False)
+    assert report["relation_seen"]["direction_probe"]["n"] == 2
+    assert "direction probe" in format_report(report)
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (23, 50), (49, 50), (50, 50), (500, 1000)])

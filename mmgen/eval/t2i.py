@@ -8,6 +8,14 @@ specific phrasing of a scene (it names colour, shape, size and position, or the 
 * the **oracle**: the reader on the ground-truth renders of the same scenes;
 * the **VQ ceiling**: the reader on those renders after a VQ encode → decode round trip;
 * a **random-caption baseline**: the model's images scored against a shuffled prompt.
+
+And one test that samples nothing, the **direction probe**: on each ground-truth image (its VQ
+codes), is the prompt more likely under the model than the same prompt with every direction word
+mirrored ("left of" <-> "right of", "above" <-> "below", "top" <-> "bottom")? A model that reads
+"a red circle to the left of a blue square" scores its picture above "... to the right of ...";
+one that treats the caption as a bag of words cannot tell them apart and sits at 0.5. It needs no
+sampling, so it is far less noisy than exact match, and it separates "does not understand the
+relation" from "understands it but draws something else".
 """
 
 from __future__ import annotations
@@ -53,6 +61,31 @@ def eval_prompts(n_per_group: int, seed: int = 1234, image_size: int = 64) -> di
     return out
 
 
+MIRRORED = {"left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom", "bottom": "top"}
+
+
+def mirror_prompt(text: str) -> str:
+    """``text`` with every direction word mirrored: a wrong caption of a picture ``text`` fits."""
+    return " ".join(MIRRORED.get(word, word) for word in text.split(" "))
+
+
+def direction_probe(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 32) -> dict[str, Any]:
+    """Share of images (``codes`` (B, N), ground truth) whose prompt the model finds more likely than
+    the prompt mirrored (:func:`mirror_prompt`), over the prompts mirroring changes. A tie counts half:
+    a model blind to direction words scores 0.5."""
+    keep = [i for i, p in enumerate(prompts) if mirror_prompt(p) != p]
+    if not keep:
+        return {"n": 0}
+    wins = []
+    for start in range(0, len(keep), batch_size):
+        rows = keep[start : start + batch_size]
+        chunk = codes[rows].to(pipe.device)
+        true = pipe.log_likelihood(*pipe.encode_prompts([prompts[i] for i in rows]), chunk)
+        mirrored = pipe.log_likelihood(*pipe.encode_prompts([mirror_prompt(prompts[i]) for i in rows]), chunk)
+        wins += ((true > mirrored).float() + 0.5 * (true == mirrored).float()).tolist()  # a tie: half a win
+    return {"prefers_prompt": float(np.mean(wins)), "n": len(wins)}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a share ``successes / n`` (95 % for z = 1.96).
 
@@ -77,9 +110,11 @@ def evaluate_t2i(
     batch_size: int = 32,
     contact_sheet: Optional[str] = None,
     progress: bool = True,
+    probe: bool = True,
     **sampling: Any,
 ) -> dict[str, Any]:
-    """Generate one image per prompt and score it; returns per-group accuracies and the references."""
+    """Generate one image per prompt and score it; returns per-group accuracies and the references,
+    and (``probe``) the :func:`direction_probe`, which does not depend on the sampling settings."""
     from tqdm import tqdm
 
     from ..data.folder import image_to_tensor
@@ -107,6 +142,8 @@ def evaluate_t2i(
             "vq_ceiling": aggregate(score(s, im) for s, im in zip(specs, roundtrip)),
             "random_caption": aggregate(score(s, im) for s, im in zip(shuffled, images)),
         }
+        if probe:
+            results[group]["direction_probe"] = direction_probe(pipe, [t for t, _, _ in items], codes.reshape(len(truth), -1))
         model = results[group]["model"]
         if "exact" in model:
             lo, hi = wilson_interval(round(model["exact"] * model["n_exact"]), model["n_exact"])
@@ -143,6 +180,10 @@ def format_report(results: dict[str, Any]) -> str:
             cells = "".join(f"{r[a]:>10.3f}" if a in r else f"{'-':>10}" for a in attrs)
             ci = "{:.2f}-{:.2f}".format(*r["exact_ci95"]) if "exact_ci95" in r else "-"
             lines.append(f"{group:<18}{source:<16}{cells}{ci:>14}")
+    probes = [(g, results[g].get("direction_probe", {})) for g in GROUPS]
+    if any(p.get("n") for _, p in probes):
+        lines.append("direction probe (ground truth more likely under the prompt than under it mirrored; chance 0.5): "
+                     + ", ".join(f"{g} {p['prefers_prompt']:.3f} (n={p['n']})" for g, p in probes if p.get("n")))
     return "\n".join(lines)
 
 
