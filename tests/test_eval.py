@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_tiny_pipeline
 from mmgen.eval.cli import main
-from mmgen.eval.t2i import (GROUPS, MIRRORED, direction_probe, eval_prompts, evaluate_t2i, format_report, mirror_prompt, ssim,
-                            wilson_interval)
+from mmgen.eval.t2i import GROUPS, direction_probe, eval_prompts, evaluate_t2i, format_report, ssim, wilson_interval
+from mmgen.text.directions import MIRRORED, mirror_prompt
 
 
 def test_eval_prompts_are_deterministic_and_fully_specified():

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from ..data.shapes import ShapesDataset, phrasings, render
+from ..text.directions import mirror_prompt
 from .shapes_reader import aggregate, score
 
 GROUPS = {
@@ -59,14 +60,6 @@ def eval_prompts(n_per_group: int, seed: int = 1234, image_size: int = 64) -> di
             items.append((text, spec, scene))
         out[group] = items
     return out
-
-
-MIRRORED = {"left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom", "bottom": "top"}
-
-
-def mirror_prompt(text: str) -> str:
-    """``text`` with every direction word mirrored: a wrong caption of a picture ``text`` fits."""
-    return " ".join(MIRRORED.get(word, word) for word in text.split(" "))
 
 
 def direction_probe(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 32) -> dict[str, Any]:
