@@ -196,6 +196,13 @@ class TransformerConfig(Config):
     position: PositionKind = "learned"
     rel_buckets: int = 32  # T5 relative-position buckets
     rel_max_distance: int = 128
+    # Directional heads at init (bidirectional relative positions only): head 0 starts with bias
+    # +rel_direction_init toward keys before the query and -rel_direction_init after it, head 1
+    # the reverse, the other heads 0 (T5's init). 0 keeps T5's. A T5 encoder trained from scratch
+    # on captions stayed a bag of words (its bias table barely grew), so "a red circle left of a
+    # blue square" read as "a blue square left of a red circle"; directional heads tell every word
+    # what comes before and after it from the first step.
+    rel_direction_init: float = 0.0
     rope_theta: float = 10000.0
     causal: bool = True
     cross_attention: bool = False
@@ -213,6 +220,10 @@ class TransformerConfig(Config):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.rel_direction_init and (self.position != "relative" or self.causal or self.n_heads < 2):
+            raise ConfigError("rel_direction_init needs position 'relative', a bidirectional stack (causal false) "
+                              f"and at least 2 heads (got position {self.position!r}, causal {self.causal}, "
+                              f"{self.n_heads} heads)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
