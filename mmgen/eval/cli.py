@@ -17,7 +17,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     v.add_argument("--data", default="shapes", help="'shapes' or an image-caption folder")
     v.add_argument("--n", type=int, default=500, help="held-out images to evaluate")
     v.add_argument("--out", default="outputs/eval_vq", help="folder for the report and the PNG")
-    t = sub.add_parser("t2i", help="shapes fidelity of a bundle on seen and held-out compositions")
+    t = sub.add_parser("t2i", help="shapes fidelity of a bundle on seen and held-out compositions, and a direction "
+                                   "probe (is the prompt more likely than its mirror on true pictures)")
     t.add_argument("--bundle", default=None, help="bundle folder (default: the shipped demo bundle)")
     t.add_argument("--n", type=int, default=50, help="prompts per group")
     t.add_argument("--guidance-scale", type=float, default=None)
