@@ -42,7 +42,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.out.weight", "ffn.fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layers))
-        if c.position == "relative" and c.rel_direction_init:
+        if c.rel_direction_init:  # the config allows it only with bidirectional relative positions
             self.rel_bias.init_directional(c.rel_direction_init)
 
     @staticmethod
