@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,20 @@ def test_t2i_kind_trains_and_exports_a_bundle(t2i_run):
     assert len(images) == 2 and images[0].size == (16, 16)
     saved = yaml.safe_load((tmp / "run" / "config.yaml").read_text())
     assert saved["model"]["text_vocab_size"] == pipe.tokenizer.vocab_size  # the run records what the data decided
+
+
+def test_t2i_model_section_carries_every_model_field():
+    # the section is TextToImageConfig plus text_vocab_size: a model field it forgot to pass on
+    # would be accepted from the YAML and silently ignored
+    from mmgen.config import TextToImageConfig
+    from mmgen.training.image_kinds import T2IModelConfig
+
+    section = T2IModelConfig(freeze_text_encoder=True, text_vocab_size=77)
+    model = section.model_config()
+    assert model.text_encoder.vocab_size == 77
+    for f in dataclasses.fields(TextToImageConfig):
+        if f.name != "text_encoder":
+            assert getattr(model, f.name) == getattr(section, f.name), f.name
 
 
 def test_t2i_kind_checks_codes_against_the_model(t2i_run):

@@ -16,6 +16,7 @@ Registered by the last line of :mod:`mmgen.training.registry`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -136,8 +137,8 @@ class T2IModelConfig(TextToImageConfig):
         encoder = self.text_encoder
         if self.text_vocab_size is not None:
             encoder = encoder.replace(vocab_size=self.text_vocab_size)
-        return TextToImageConfig(text_encoder=encoder, image_decoder=self.image_decoder,
-                                 freeze_text_encoder=self.freeze_text_encoder)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TextToImageConfig)}
+        return TextToImageConfig(**{**fields, "text_encoder": encoder})  # every model field carries over
 
 
 @dataclass(frozen=True)
