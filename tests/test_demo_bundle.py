@@ -76,15 +76,12 @@ def test_direction_probe_finds_named_positions_read(pipe):
     # on ground-truth pictures the shipped model prefers "in the top left" to "in the bottom right"
     # (1.000 / 0.977 with `mmgen eval t2i --n 50`); a likelihood that ignored the prompt's words or
     # their order would sit at 0.5
-    from mmgen.data.folder import image_to_tensor
-    from mmgen.data.shapes import render
-    from mmgen.eval.t2i import direction_probe, eval_prompts
+    from mmgen.eval.t2i import direction_probe, eval_prompts, ground_truth
 
-    size = pipe.image_size[0]
-    items = [it for group in ("single_seen", "single_heldout") for it in eval_prompts(15, seed=4321, image_size=size)[group]]
-    with torch.inference_mode():
-        codes = pipe.vq.encode(torch.stack([image_to_tensor(render(scene, size)) for _, _, scene in items]))
-    probe = direction_probe(pipe, [text for text, _, _ in items], codes.reshape(len(items), -1))
+    prompts = eval_prompts(15, seed=4321, image_size=pipe.image_size[0])
+    items = [it for group in ("single_seen", "single_heldout") for it in prompts[group]]
+    _, codes = ground_truth(pipe, [scene for _, _, scene in items])
+    probe = direction_probe(pipe, [text for text, _, _ in items], codes)
     assert probe["n"] >= 10 and probe["prefers_prompt"] >= 0.9
 
 

@@ -62,6 +62,17 @@ def eval_prompts(n_per_group: int, seed: int = 1234, image_size: int = 64) -> di
     return out
 
 
+def ground_truth(pipe, scenes) -> tuple[list, torch.Tensor]:
+    """The renders of ``scenes`` at the pipeline's size and their VQ codes (B, N): what the oracle
+    reads, the VQ round trip decodes and the direction probe scores."""
+    from ..data.folder import image_to_tensor
+
+    images = [render(scene, pipe.image_size[0]) for scene in scenes]
+    with torch.inference_mode():
+        codes = pipe.vq.encode(torch.stack([image_to_tensor(im) for im in images]))
+    return images, codes.reshape(len(images), -1)
+
+
 def direction_probe(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 32) -> dict[str, Any]:
     """Share of images (``codes`` (B, N), ground truth) whose prompt the model finds more likely than
     the prompt mirrored (:func:`mirror_prompt`), over the prompts mirroring changes. A tie counts half:
@@ -110,8 +121,6 @@ def evaluate_t2i(
     and (``probe``) the :func:`direction_probe`, which does not depend on the sampling settings."""
     from tqdm import tqdm
 
-    from ..data.folder import image_to_tensor
-
     size = pipe.image_size[0]
     prompts = eval_prompts(n_per_group, seed, size)
     rng = random.Random(seed)
@@ -122,10 +131,8 @@ def evaluate_t2i(
         for start in range(0, len(items), batch_size):
             chunk = [t for t, _, _ in items[start : start + batch_size]]
             images += pipe(chunk, num_images=1, seed=sample_seed + start, **sampling)
-        truth = [render(scene, size) for _, _, scene in items]
-        with torch.inference_mode():
-            codes = pipe.vq.encode(torch.stack([image_to_tensor(t) for t in truth]))
-        roundtrip = pipe.decode_codes(codes.reshape(len(truth), -1))
+        truth, codes = ground_truth(pipe, [scene for _, _, scene in items])
+        roundtrip = pipe.decode_codes(codes)
         specs = [spec for _, spec, _ in items]
         shuffled = specs[:]
         rng.shuffle(shuffled)
@@ -136,7 +143,7 @@ def evaluate_t2i(
             "random_caption": aggregate(score(s, im) for s, im in zip(shuffled, images)),
         }
         if probe:
-            results[group]["direction_probe"] = direction_probe(pipe, [t for t, _, _ in items], codes.reshape(len(truth), -1))
+            results[group]["direction_probe"] = direction_probe(pipe, [t for t, _, _ in items], codes)
         model = results[group]["model"]
         if "exact" in model:
             lo, hi = wilson_interval(round(model["exact"] * model["n_exact"]), model["n_exact"])
