@@ -12,12 +12,15 @@ from mmgen.config import ConfigError
 from mmgen.data.shapes import (
     BACKGROUNDS,
     COLORS,
+    CONVERSE,
     SHAPES,
     ObjectSpec,
     SceneSpec,
     ShapesConfig,
     ShapesDataset,
+    converse_caption,
     heldout_compositions,
+    relations_between,
     main,
     parse_caption,
     phrasings,
@@ -194,6 +197,30 @@ def test_parse_caption_round_trips_every_phrasing():
         for i in range(200):
             item = ds[i]
             assert score(parse_caption(item["caption"]), item["image"])["exact"], item["caption"]
+
+
+def test_converse_caption_tells_the_same_picture_from_the_other_object():
+    n = 0
+    for scene in _scenes("train", 150) + _scenes("heldout", 60):
+        for text, spec in phrasings(scene):
+            converse = converse_caption(text)
+            if spec.relation is None:
+                assert converse is None, text
+                continue
+            n += 1
+            other = parse_caption(converse)
+            assert other.objects == spec.objects[::-1] and other.background == spec.background
+            assert other.relation == CONVERSE[spec.relation]
+            assert converse.startswith("an image of ") == text.startswith("an image of ")
+            # what the converse says holds in the picture: <its first object> <its relation> <its second>
+            looks = [[o for o in scene.objects if (o.shape, o.color) == (s.shape, s.color)] for s in other.objects]
+            if all(len(found) == 1 for found in looks):
+                assert other.relation in relations_between(looks[0][0].cell, looks[1][0].cell), (text, converse)
+            assert converse_caption(converse) == text  # told back from the first object
+    assert n >= 100
+    assert converse_caption("An image of a Red circle above a blue square.") == "an image of a blue square below a red circle"
+    for text in ("a red circle", "a red circle and a blue square", "a dog to the left of a cat", ""):
+        assert converse_caption(text) is None
 
 
 def test_parse_caption_is_forgiving_about_form_and_strict_about_content():

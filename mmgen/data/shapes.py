@@ -546,8 +546,9 @@ def _object_pattern(k: int) -> str:
     )
 
 
+_OPENINGS = ("an image of ", "a picture of ", "there is ")
 _CAPTION_RE = re.compile(
-    rf"^(?:an image of |a picture of |there is )?{_object_pattern(0)}"
+    rf"^(?:{'|'.join(_OPENINGS)})?{_object_pattern(0)}"
     rf"(?: (?:(?P<rel>{_alternation(RELATION_PHRASES.values())})|and) {_object_pattern(1)})?"
     rf"(?: on an? (?P<bg>{_alternation(BACKGROUNDS)}) background)?$"
 )
@@ -583,6 +584,28 @@ def parse_caption(text: str) -> SceneSpec:
         )
     rel = match["rel"]
     return SceneSpec(tuple(objects), _RELATION_BY_PHRASE[rel] if rel else None, match["bg"])
+
+
+def converse_caption(text: str) -> Optional[str]:
+    """The same picture told from the other object: "a red circle to the left of a blue square" ->
+    "a blue square to the right of a red circle" (opening words and background kept).
+
+    ``None`` when ``text`` names no relation or is not a shapes caption. The converse and the
+    mirror (:func:`mmgen.text.directions.mirror_prompt`: "a red circle to the right of a blue square")
+    hold the same words and describe mirror-image pictures, a pair a bag of words cannot tell apart:
+    the word-order loss trains on it (``TextToImageConfig.word_order_loss_weight``).
+    """
+    try:
+        spec = parse_caption(text)
+    except ValueError:
+        return None
+    if spec.relation is None:
+        return None
+    normalized = " ".join(text.lower().split())
+    head = next((p for p in _OPENINGS if normalized.startswith(p)), "")
+    a, b = (_noun_phrase(o) for o in spec.objects)
+    tail = f" on a {spec.background} background" if spec.background else ""
+    return f"{head}{b} {RELATION_PHRASES[CONVERSE[spec.relation]]} {a}{tail}"
 
 
 # --------------------------------------------------------------------------------------
