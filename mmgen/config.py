@@ -360,8 +360,17 @@ class TextToImageConfig(Config):
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
     freeze_text_encoder: bool = False  # e.g. when starting from a pretrained BERT / T5 encoder
+    # Word-order loss on the text encoder (training only; batches must carry caption pairs, see
+    # mmgen.data.pretokenize.CodesDataset): a caption's mean-pooled states must lie nearer its
+    # converse ("b <converse relation> a": the same picture) than its mirror ("a <converse relation>
+    # b": the converse's words, the mirrored picture) and the batch's other converses (InfoNCE,
+    # temperature 0.1). The image loss alone left the encoder a bag of words: "which object is
+    # left" was a coin toss.
+    word_order_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.word_order_loss_weight >= 0:
+            raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
         if self.text_encoder.dim != self.image_decoder.context_dim:
             raise ConfigError(
                 f"image_decoder.context_dim ({self.image_decoder.context_dim}) must equal text_encoder.dim ({self.text_encoder.dim})"

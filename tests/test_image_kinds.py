@@ -124,6 +124,32 @@ def test_t2i_kind_checks_codes_against_the_model(t2i_run):
         get_kind("t2i").build_data(exp.data, exp.model, 0)
 
 
+def test_t2i_kind_trains_with_the_word_order_loss_and_refuses_captions_without_relations(t2i_run):
+    """word_order_loss_weight > 0: batches carry caption pairs through the trainer (two-object shapes
+    captions); a codes folder whose captions name no relation is refused, not trained on in silence."""
+    import json
+    import shutil
+
+    from mmgen.training.registry import get_kind
+
+    tmp, _ = t2i_run
+    overrides = ["--model.word_order_loss_weight=0.5", f"--train.output_dir={tmp / 'run_order'}"]
+    exp = load_experiment(tmp / "t2i.yaml", overrides)
+    data = get_kind("t2i").build_data(exp.data, exp.model, 0)
+    assert "captions with a relation" in data.info["caption pairs (word-order loss)"]
+    batch = data.collate_fn([data.train[i] for i in range(len(data.train))])
+    assert batch["pair_rows"].numel() > 0 and batch["converse_ids"].shape[0] == batch["pair_rows"].numel()
+    summary = run(str(tmp / "t2i.yaml"), overrides)
+    assert summary["steps"] == 3 and summary["train_loss"] > 0
+
+    shutil.copytree(tmp / "codes", tmp / "codes_single")
+    (tmp / "codes_single" / "captions.jsonl").write_text(
+        "".join(json.dumps({"text": "a red circle"}) + "\n" for _ in range(40)), encoding="utf-8")
+    exp = load_experiment(tmp / "t2i.yaml", overrides + [f"--data.path={tmp / 'codes_single'}"])
+    with pytest.raises(ConfigError, match="word_order_loss_weight=0.5 .* none of the 40 captions"):
+        get_kind("t2i").build_data(exp.data, exp.model, 0)
+
+
 def test_t2i_kind_describes_codes_by_two_tone_factors(vq_run, t2i_run):
     """code_embedding "factors": the trainer fills each code's factors from shapes images before
     training, the export keeps them, and codes drawn are canonical ones."""

@@ -380,6 +380,111 @@ def test_text_to_image_training_forward_and_caption_dropout():
         TextToImageConfig(text_encoder=TextEncoderConfig(dim=48, n_heads=4), image_decoder=cfg.image_decoder)
 
 
+def _word_order_model(weight, caption_dropout=0.0):
+    cfg = TextToImageConfig(
+        text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, position="rope"),
+        image_decoder=ImageDecoderConfig(
+            codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=8, max_len=16,
+            dim=32, n_layers=1, n_heads=4, caption_dropout=caption_dropout,
+        ),
+        word_order_loss_weight=weight,
+    )
+    torch.manual_seed(0)
+    return TextToImage(cfg)
+
+
+def _pair_batch(rows=(0, 2, 3)):
+    g = torch.Generator().manual_seed(1)
+    B, P = 5, len(rows)
+    batch = {"text_ids": torch.randint(1, 50, (B, 7), generator=g), "text_mask": torch.ones(B, 7, dtype=torch.long),
+             "codes": torch.randint(0, 32, (B, 16), generator=g), "pair_rows": torch.tensor(rows, dtype=torch.long),
+             "converse_ids": torch.randint(1, 50, (P, 8), generator=g), "mirror_ids": torch.randint(1, 50, (P, 8), generator=g)}
+    batch["text_mask"][1, 5:] = 0
+    batch["converse_mask"] = torch.ones(P, 8, dtype=torch.long)
+    batch["mirror_mask"] = torch.ones(P, 8, dtype=torch.long)
+    if P:
+        batch["converse_mask"][0, 6:] = 0
+    return batch
+
+
+def _manual_word_order_loss(model, batch):
+    """InfoNCE written out: pooled caption i against pooled converses then mirrors, target i."""
+    def pooled(ids, mask):
+        h = model.text_encoder(ids, mask)[0]
+        v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return v / v.norm(dim=-1, keepdim=True)
+
+    rows = batch["pair_rows"]
+    a = pooled(batch["text_ids"][rows], batch["text_mask"][rows])
+    c = pooled(batch["converse_ids"], batch["converse_mask"])
+    m = pooled(batch["mirror_ids"], batch["mirror_mask"])
+    logits = torch.cat([a @ c.T, a @ m.T], 1) / 0.1
+    return -logits.log_softmax(-1).diagonal().mean()
+
+
+@pytest.mark.parametrize("caption_dropout", [0.0, 0.9])
+def test_word_order_loss_is_infonce_of_caption_against_converses_and_mirrors(caption_dropout):
+    """Training loss = image loss + weight x InfoNCE on the encoder's pooled states (of the caption, not
+    of the null context a dropped caption is replaced by); evaluation leaves it out."""
+    batch = _pair_batch()
+    plain = _word_order_model(0.0, caption_dropout).train()
+    model = _word_order_model(0.7, caption_dropout).train()
+    torch.manual_seed(5)
+    _, image_loss = plain(**batch)
+    torch.manual_seed(5)  # the same caption dropout draw
+    _, loss = model(**batch)
+    aux = _manual_word_order_loss(model, batch)
+    assert aux.item() > 0.1
+    torch.testing.assert_close(loss, image_loss + 0.7 * aux, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert model.text_encoder.trunk.tok_emb.weight.grad.abs().sum() > 0
+    model.eval()
+    _, eval_loss = model(**batch)
+    _, eval_plain = plain.eval()(**batch)
+    torch.testing.assert_close(eval_loss, eval_plain)
+
+
+def test_word_order_loss_without_pairs_adds_nothing_and_still_backpropagates():
+    model = _word_order_model(1.0).train()
+    batch = _pair_batch(rows=())
+    _, loss = model(**batch)
+    _, image_loss = _word_order_model(0.0).train()(**{k: batch[k] for k in ("text_ids", "text_mask", "codes")})
+    torch.testing.assert_close(loss, image_loss)
+    loss.backward()
+
+
+def test_word_order_loss_pulls_a_caption_to_its_converse_and_away_from_its_mirror():
+    """Steps on the word-order loss alone raise cos(caption, converse) - cos(caption, mirror)."""
+    from mmgen.models.text_encoder import mean_pool
+
+    model = _word_order_model(1.0).train()
+    batch = _pair_batch()
+    rows = batch["pair_rows"]
+
+    def margin():
+        with torch.no_grad():
+            a = mean_pool(model.encode_text(batch["text_ids"][rows], batch["text_mask"][rows]), batch["text_mask"][rows])
+            c = mean_pool(model.encode_text(batch["converse_ids"], batch["converse_mask"]), batch["converse_mask"])
+            m = mean_pool(model.encode_text(batch["mirror_ids"], batch["mirror_mask"]), batch["mirror_mask"])
+        return ((a * c).sum(-1) - (a * m).sum(-1)).mean().item()
+
+    before = margin()
+    opt = torch.optim.Adam(model.text_encoder.parameters(), lr=3e-3)
+    for _ in range(30):
+        states = model.encode_text(batch["text_ids"], batch["text_mask"])
+        pairs = torch.cat([batch["converse_ids"], batch["mirror_ids"]]), torch.cat([batch["converse_mask"], batch["mirror_mask"]])
+        loss = model.word_order_loss(states[rows], batch["text_mask"][rows], *pairs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert margin() > before + 0.2
+
+
+def test_word_order_loss_weight_must_not_be_negative():
+    with pytest.raises(ConfigError, match="word_order_loss_weight"):
+        TextToImageConfig(word_order_loss_weight=-0.1)
+
+
 def test_cross_attention_maps_cover_prompt_tokens():
     pipe = make_tiny_pipeline()
     img = pipe("a small red circle", seed=0)[0]

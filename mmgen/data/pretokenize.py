@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import atomic_write_text
+from ..text.directions import mirror_prompt
 
 
 def encode_dataset(
@@ -79,9 +80,15 @@ def _collate_images(batch: list[dict[str, Any]]):
 
 
 class CodesDataset(Dataset):
-    """A codes folder as training items ``{"text_ids", "codes"}`` (caption tokenized on the fly)."""
+    """A codes folder as training items ``{"text_ids", "codes"}`` (caption tokenized on the fly).
 
-    def __init__(self, folder: str | Path, tokenizer, context_len: int):
+    With ``caption_pairs``, items whose caption is a shapes caption with a relation also carry
+    ``converse_ids`` (the same picture told from the other object,
+    :func:`mmgen.data.shapes.converse_caption`) and ``mirror_ids`` (direction words mirrored,
+    :func:`mmgen.text.directions.mirror_prompt`): the pair the word-order loss trains on.
+    """
+
+    def __init__(self, folder: str | Path, tokenizer, context_len: int, caption_pairs: bool = False):
         folder = Path(folder)
         for name in ("codes.npy", "captions.jsonl", "meta.json"):
             if not (folder / name).is_file():
@@ -93,28 +100,57 @@ class CodesDataset(Dataset):
         self.meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = tokenizer
         self.context_len = context_len
+        self.caption_pairs = caption_pairs
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        text = self.captions[index]
+        item = {"text_ids": self._encode(text), "codes": torch.from_numpy(self.codes[index].astype(np.int64))}
+        if self.caption_pairs:
+            from .shapes import converse_caption
+
+            converse = converse_caption(text)
+            if converse is not None:
+                item["converse_ids"], item["mirror_ids"] = self._encode(converse), self._encode(mirror_prompt(text))
+        return item
+
+    def _encode(self, text: str) -> torch.Tensor:
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a too-long caption is truncated; the trainer has no one to tell per item
-            ids = self.tokenizer.encode(self.captions[index], max_length=self.context_len)
-        return {"text_ids": torch.tensor(ids, dtype=torch.long), "codes": torch.from_numpy(self.codes[index].astype(np.int64))}
+            return torch.tensor(self.tokenizer.encode(text, max_length=self.context_len), dtype=torch.long)
 
 
-def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad captions to the longest in the batch; codes are all the same length."""
-    T = max(len(b["text_ids"]) for b in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(batch), T, dtype=torch.long)
-    for i, b in enumerate(batch):
-        ids[i, : len(b["text_ids"])] = b["text_ids"]
-        mask[i, : len(b["text_ids"])] = 1
-    return {"text_ids": ids, "text_mask": mask, "codes": torch.stack([b["codes"] for b in batch])}
+def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ids (B, T) padded to the longest with ``pad_id``, mask (B, T)."""
+    ids = torch.full((len(rows), max((len(r) for r in rows), default=1)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0, caption_pairs: bool = False) -> dict[str, torch.Tensor]:
+    """Pad captions to the longest in the batch; codes are all the same length.
+
+    With ``caption_pairs`` (items from a ``CodesDataset(caption_pairs=True)``) the batch also holds
+    ``pair_rows`` (P,), the rows whose items carry a pair, and those pairs padded:
+    ``converse_ids``/``converse_mask`` and ``mirror_ids``/``mirror_mask`` (P, T'), one length for
+    both. P may be 0: the keys are in every batch, so every process runs the same graph.
+    """
+    ids, mask = _pad([b["text_ids"] for b in batch], pad_id)
+    out = {"text_ids": ids, "text_mask": mask, "codes": torch.stack([b["codes"] for b in batch])}
+    if caption_pairs:
+        rows = [i for i, b in enumerate(batch) if "converse_ids" in b]
+        out["pair_rows"] = torch.tensor(rows, dtype=torch.long)
+        ids, mask = _pad([batch[i][key] for key in ("converse_ids", "mirror_ids") for i in rows], pad_id)
+        out["converse_ids"], out["mirror_ids"] = ids[: len(rows)], ids[len(rows):]  # one length: one encoder call
+        out["converse_mask"], out["mirror_mask"] = mask[: len(rows)], mask[len(rows):]
+    return out
 
 
 class _ShapesImages(Dataset):

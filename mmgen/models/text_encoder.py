@@ -32,9 +32,13 @@ class TextEncoder(PretrainedMixin, nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence embeddings (B, D), e.g. for semantic search of prompts."""
         h, _ = self(input_ids, attention_mask)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return mean_pool(h, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+
+
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """States (B, T, D) averaged over the mask's tokens (B, T), then L2-normalised: (B, D) in fp32."""
+    pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
 def text_encoder_from_bert(bert) -> TextEncoder:

@@ -220,7 +220,18 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     if model_cfg.text_vocab_size is not None and model_cfg.text_vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.text_vocab_size={model_cfg.text_vocab_size} is smaller than the caption "
                           f"vocabulary ({tokenizer.vocab_size}); leave it out to use the tokenizer's size")
-    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len)
+    pairs = model_cfg.word_order_loss_weight > 0
+    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs)
+    info_pairs = {}
+    if pairs:
+        from mmgen.data.shapes import converse_caption
+
+        n_pairs = sum(converse_caption(c) is not None for c in captions)
+        if n_pairs == 0:
+            raise ConfigError(f"model.word_order_loss_weight={model_cfg.word_order_loss_weight} trains on shapes captions "
+                              f"that name a relation, and none of the {len(captions):,} captions in {folder} does; "
+                              "set it to 0 for this data")
+        info_pairs = {"caption pairs (word-order loss)": f"{n_pairs:,} captions with a relation"}
     n_val = min(data_cfg.val_count, len(codes) // 10)
     train = Subset(codes, range(len(codes) - n_val))
     val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
@@ -238,10 +249,10 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
             model.image_decoder.set_code_pixels(VQModel.from_pretrained(data_cfg.vq).eval())
     return TrainingData(
         prepare_model=prepare,
-        train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0),
+        train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0, caption_pairs=pairs),
         tokenizer=export, unit="samples",
         info={"codes": f"{len(codes):,} images ({n_val} for validation), grid {meta['grid']}x{meta['grid']}",
-              "caption vocabulary": tokenizer.vocab_size},
+              "caption vocabulary": tokenizer.vocab_size, **info_pairs},
         model_fields={"text_vocab_size": tokenizer.vocab_size},
     )
 
