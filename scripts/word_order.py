@@ -4,7 +4,8 @@
 
 "a red circle to the left of a blue square" and "a blue square to the right of a red circle" (its
 *converse*) describe one picture; "a red circle to the right of a blue square" (its *mirror*,
-``mmgen.text.directions.mirror_prompt``) describes the mirror image in the converse's very words. A text-to-image model draws the right picture only if its text encoder tells the two apart.
+``mmgen.text.directions.mirror_prompt``) describes the mirror image in the converse's very words.
+A text-to-image model draws the right picture only if its text encoder tells the two apart.
 
 For each position kind, a fresh text encoder with the demo's shape (``configs/t2i_shapes.yaml``:
 width 128, 4 layers, 4 heads) trains on this alone: mean-pooled states, projected, must put each
@@ -32,8 +33,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mmgen.config import TextEncoderConfig  # noqa: E402
+from mmgen.data.pretokenize import pad_rows  # noqa: E402
 from mmgen.data.shapes import CONVERSE, ShapesDataset, phrasings  # noqa: E402
 from mmgen.models.text_encoder import TextEncoder  # noqa: E402
+from mmgen.models.text_to_image import WORD_ORDER_TEMPERATURE  # noqa: E402
 from mmgen.text import TextTokenizer  # noqa: E402
 from mmgen.text.directions import mirror_prompt  # noqa: E402
 
@@ -74,12 +77,7 @@ class Embedder(torch.nn.Module):
 
 
 def batch_ids(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [tokenizer.encode(t, max_length=32) for t in texts]
-    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return ids, mask
+    return pad_rows([tokenizer.encode(t, max_length=32) for t in texts], tokenizer.pad_id or 0)
 
 
 def converse_accuracy(model: Embedder, tokenizer, triples) -> float:
@@ -97,7 +95,7 @@ def train_one(position: str, tokenizer, train, test, steps: int, batch: int, lr:
     for _ in range(steps):
         rows = [train[i] for i in torch.randint(len(train), (batch,), generator=gen).tolist()]
         emb = model(*batch_ids(tokenizer, [t for triple in rows for t in triple])).view(batch, 3, -1)
-        logits = emb[:, 0] @ torch.cat([emb[:, 1], emb[:, 2]]).T / 0.1  # converses, then mirrors
+        logits = emb[:, 0] @ torch.cat([emb[:, 1], emb[:, 2]]).T / WORD_ORDER_TEMPERATURE  # converses, then mirrors
         loss = F.cross_entropy(logits, torch.arange(batch))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,7 +18,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -101,6 +101,12 @@ class CodesDataset(Dataset):
         self.tokenizer = tokenizer
         self.context_len = context_len
         self.caption_pairs = caption_pairs
+        # each caption's converse (None: no relation), found once rather than per item and step
+        self.converses: list[Optional[str]] = []
+        if caption_pairs:
+            from .shapes import converse_caption
+
+            self.converses = [converse_caption(text) for text in self.captions]
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -109,9 +115,7 @@ class CodesDataset(Dataset):
         text = self.captions[index]
         item = {"text_ids": self._encode(text), "codes": torch.from_numpy(self.codes[index].astype(np.int64))}
         if self.caption_pairs:
-            from .shapes import converse_caption
-
-            converse = converse_caption(text)
+            converse = self.converses[index]
             if converse is not None:
                 item["converse_ids"], item["mirror_ids"] = self._encode(converse), self._encode(mirror_prompt(text))
         return item
@@ -124,12 +128,12 @@ class CodesDataset(Dataset):
             return torch.tensor(self.tokenizer.encode(text, max_length=self.context_len), dtype=torch.long)
 
 
-def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows -> ids (B, T) padded to the longest with ``pad_id``, mask (B, T)."""
     ids = torch.full((len(rows), max((len(r) for r in rows), default=1)), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
+        ids[i, : len(r)] = torch.as_tensor(r)
         mask[i, : len(r)] = 1
     return ids, mask
 
@@ -142,12 +146,12 @@ def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0, caption_pairs: b
     ``converse_ids``/``converse_mask`` and ``mirror_ids``/``mirror_mask`` (P, T'), one length for
     both. P may be 0: the keys are in every batch, so every process runs the same graph.
     """
-    ids, mask = _pad([b["text_ids"] for b in batch], pad_id)
+    ids, mask = pad_rows([b["text_ids"] for b in batch], pad_id)
     out = {"text_ids": ids, "text_mask": mask, "codes": torch.stack([b["codes"] for b in batch])}
     if caption_pairs:
         rows = [i for i, b in enumerate(batch) if "converse_ids" in b]
         out["pair_rows"] = torch.tensor(rows, dtype=torch.long)
-        ids, mask = _pad([batch[i][key] for key in ("converse_ids", "mirror_ids") for i in rows], pad_id)
+        ids, mask = pad_rows([batch[i][key] for key in ("converse_ids", "mirror_ids") for i in rows], pad_id)
         out["converse_ids"], out["mirror_ids"] = ids[: len(rows)], ids[len(rows):]  # one length: one encoder call
         out["converse_mask"], out["mirror_mask"] = mask[: len(rows)], mask[len(rows):]
     return out

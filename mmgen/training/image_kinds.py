@@ -224,9 +224,7 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs)
     info_pairs = {}
     if pairs:
-        from mmgen.data.shapes import converse_caption
-
-        n_pairs = sum(converse_caption(c) is not None for c in captions)
+        n_pairs = sum(c is not None for c in codes.converses)
         if n_pairs == 0:
             raise ConfigError(f"model.word_order_loss_weight={model_cfg.word_order_loss_weight} trains on shapes captions "
                               f"that name a relation, and none of the {len(captions):,} captions in {folder} does; "
