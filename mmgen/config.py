@@ -268,6 +268,11 @@ class TextEncoderConfig(TransformerConfig):
     attn_scale: Optional[float] = 1.0
     activation: Activation = "geglu_tanh"
     tie_embeddings: bool = False
+    # What a decoder reads (TextEncoder.context): the final states, or the states followed by the
+    # tokens' own (normalised) input embeddings, (B, 2T, D). Contextual states bind words to one
+    # another (which colour goes with which shape); the embeddings stay one word each, so a
+    # colour-shape pair never seen in training is still read as its two words.
+    context_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -371,6 +376,8 @@ class TextToImageConfig(Config):
     def __post_init__(self) -> None:
         if not self.word_order_loss_weight >= 0:
             raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
+        if self.text_encoder.context_embeddings and self.image_decoder.conditioning != "cross":
+            raise ConfigError("text_encoder.context_embeddings doubles the text context: it needs image_decoder.conditioning 'cross'")
         if self.text_encoder.dim != self.image_decoder.context_dim:
             raise ConfigError(
                 f"image_decoder.context_dim ({self.image_decoder.context_dim}) must equal text_encoder.dim ({self.text_encoder.dim})"

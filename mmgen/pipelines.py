@@ -344,13 +344,14 @@ class TextToImagePipeline:
         return c.grid_w * f, c.grid_h * f
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> text-encoder states (B, T, D) and mask (B, T); over-long prompts are truncated with a warning."""
+        """Prompts -> the decoder's text context (B, T', D) and mask (B, T') (:meth:`TextEncoder.context`);
+        over-long prompts are truncated with a warning."""
         L = self.image_decoder.config.context_len
         batch = self.tokenizer.encode_batch(prompts, max_length=L, padding="longest")
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         with torch.inference_mode():
             states, _ = self.text_encoder(ids, mask)
-        return states, mask
+            return self.text_encoder.context(ids, states, mask)
 
     def _validate(self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p) -> SamplingParams:
         _check_prompt(prompt)

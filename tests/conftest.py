@@ -22,7 +22,7 @@ CAPTIONS = [
 ]
 
 
-def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: str = "raster"):
+def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: str = "raster", context_embeddings: bool = False):
     """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ)."""
     from mmgen.config import ImageDecoderConfig, TextEncoderConfig
     from mmgen.models.image_decoder import ImageDecoder
@@ -33,7 +33,8 @@ def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: s
 
     torch.manual_seed(seed)
     tok = TextTokenizer.train(CAPTIONS * 4, kind="word", vocab_size=200)
-    enc = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_len=16, dim=32, n_layers=1, n_heads=4))
+    enc = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_len=16, dim=32, n_layers=1, n_heads=4,
+                                        context_embeddings=context_embeddings))
     dec = ImageDecoder(
         ImageDecoderConfig(
             codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=32, context_len=12,

@@ -380,6 +380,43 @@ def test_text_to_image_training_forward_and_caption_dropout():
         TextToImageConfig(text_encoder=TextEncoderConfig(dim=48, n_heads=4), image_decoder=cfg.image_decoder)
 
 
+def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
+    pipe = make_tiny_pipeline(context_embeddings=True)
+    enc = pipe.text_encoder
+    prompts = ["a red circle", "a small blue square at the top left"]
+    context, mask = pipe.encode_prompts(prompts)
+    batch = pipe.tokenizer.encode_batch(prompts, max_length=12, padding="longest")
+    ids, ids_mask = batch["input_ids"], batch["attention_mask"]
+    T = ids.shape[1]
+    with torch.no_grad():
+        states, _ = enc(ids, ids_mask)
+        words = enc.context_norm(enc.trunk.tok_emb(ids))
+    assert context.shape == (2, 2 * T, 32)
+    torch.testing.assert_close(context[:, :T], states)
+    torch.testing.assert_close(context[:, T:], words)  # one word each: no other word moves them
+    assert torch.equal(mask, torch.cat([ids_mask, ids_mask], 1))
+    # the context norm is saved with the bundle; a negative prompt of another length pads apart
+    pipe.save_pretrained(tmp_path / "bundle")
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
+    assert loaded.text_encoder.config.context_embeddings
+    kw = dict(num_images=2, seed=3, guidance_scale=2.0, negative_prompt="a green triangle at the bottom")
+    assert [i.tobytes() for i in pipe(prompts[1], **kw)] == [i.tobytes() for i in loaded(prompts[1], **kw)]
+    # training: the decoder reads both halves, the null context stands in for both
+    cfg = TextToImageConfig(
+        text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True),
+        image_decoder=ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24,
+                                         context_len=6, max_len=16, dim=32, n_layers=1, n_heads=4, caption_dropout=0.5),
+    )
+    torch.manual_seed(0)
+    model = TextToImage(cfg)
+    _, loss = model(torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16)))
+    loss.backward()
+    assert model.text_encoder.context_norm.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="context_embeddings"):
+        TextToImageConfig(text_encoder=cfg.text_encoder, image_decoder=cfg.image_decoder.replace(
+            conditioning="prefix", cross_attention=False, max_len=22))
+
+
 def _word_order_model(weight, caption_dropout=0.0):
     cfg = TextToImageConfig(
         text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, position="rope"),

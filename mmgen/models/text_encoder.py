@@ -9,6 +9,7 @@ from torch import nn
 
 from ..checkpoint import PretrainedMixin
 from ..config import TextEncoderConfig
+from ..nn.norm import make_norm
 from .trunk import Transformer
 
 
@@ -21,12 +22,25 @@ class TextEncoder(PretrainedMixin, nn.Module):
             raise ValueError("a text encoder is bidirectional (causal=False)")
         self.config = config
         self.trunk = Transformer(config)
+        if config.context_embeddings:
+            self.context_norm = make_norm(config.norm, config.dim, config.norm_eps, config.norm_bias)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, None]:
         """input_ids (B, T) -> hidden states (B, T, D) (no loss: it trains through the model it conditions)."""
         return self.trunk(input_ids, attention_mask=attention_mask), None
+
+    def context(
+        self, input_ids: torch.Tensor, states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a decoder attends to, from this encoder's states (B, T, D) of ``input_ids`` (B, T):
+        the states themselves, or with ``config.context_embeddings`` the states followed by the
+        tokens' normalised input embeddings: (B, 2T, D) with the mask (B, T) repeated."""
+        if not self.config.context_embeddings:
+            return states, attention_mask
+        words = self.context_norm(self.trunk.tok_emb(input_ids)).to(states.dtype)
+        return torch.cat([states, words], dim=1), torch.cat([attention_mask, attention_mask], dim=1)
 
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -48,8 +48,8 @@ class TextToImage(nn.Module):
         (:func:`mmgen.data.pretokenize.collate_codes`) feed the word-order loss
         (``config.word_order_loss_weight``), added in training only so validation losses compare."""
         dec = self.image_decoder
-        context = self.encode_text(text_ids, text_mask)
-        states, states_mask = context, text_mask
+        states, states_mask = self.encode_text(text_ids, text_mask), text_mask
+        context, text_mask = self.text_encoder.context(text_ids, states, text_mask)
         if self.training and dec.config.caption_dropout > 0:
             drop = torch.rand(codes.shape[0], device=codes.device) < dec.config.caption_dropout  # (B,)
             null, null_mask = dec.null_contexts(codes.shape[0], context.shape[1])
