@@ -15,6 +15,7 @@ any model code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -76,9 +77,28 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(name, allowed values) of each field of ``cls`` annotated with a Literal (or an Optional one)."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        tp = _unwrap_optional(hints[f.name])
+        if get_origin(tp) is Literal:
+            out.append((f.name, get_args(tp)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Config:
     """Base class of every mmgen config."""
+
+    def __post_init__(self) -> None:
+        # from_dict checks literals as it reads; this catches direct construction and replace()
+        for name, allowed in _literal_fields(type(self)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{type(self).__name__}.{name}: {value!r} is not one of {list(allowed)}")
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], _where: str = "") -> C:
@@ -215,6 +235,7 @@ class TransformerConfig(Config):
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         for name in ("vocab_size", "max_len", "dim", "n_layers", "n_heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -374,6 +395,7 @@ class TextToImageConfig(Config):
     word_order_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         if not self.word_order_loss_weight >= 0:
             raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
         if self.text_encoder.context_embeddings and self.image_decoder.conditioning != "cross":

@@ -99,3 +99,17 @@ def test_config_of_another_model_is_refused(tmp_path):
     BERT(BERTConfig(**TINY)).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="BERTConfig"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_literal_fields_are_checked_however_a_config_is_made():
+    from mmgen.config import ConfigError, ImageDecoderConfig
+    from mmgen.models.vq import VQConfig
+
+    with pytest.raises(ConfigError, match=r"TextEncoderConfig\.position: 'sideways' is not one of"):
+        TextEncoderConfig(position="sideways")  # directly, not only through from_dict / YAML
+    with pytest.raises(ConfigError, match=r"GPTConfig\.norm: 'batchnorm'"):
+        GPTConfig(**TINY).replace(norm="batchnorm")
+    with pytest.raises(ConfigError, match=r"ImageDecoderConfig\.code_order: 'spiral'"):
+        ImageDecoderConfig(code_order="spiral")
+    assert TextEncoderConfig(position="rope").position == "rope"
+    assert VQConfig().to_dict() == VQConfig.from_dict(VQConfig().to_dict()).to_dict()  # a config's own values pass

@@ -134,6 +134,7 @@ class ShapesConfig(Config):
     n_heldout_relations: int = 2  # held-out (shape, relation, shape) arrangements
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         if self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16, got {self.image_size}")
         for name in ("p_two_objects", "p_omit_size"):

@@ -76,6 +76,7 @@ class TextDataConfig(Config):
     cache_dir: Optional[str] = None  # default: .mmgen-cache/ next to the data
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.block_size is not None and self.block_size < 2:

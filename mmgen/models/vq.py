@@ -56,6 +56,7 @@ class VQConfig(Config):
     edge_weight: float = 0.5  # L1 between image gradients (finite differences): keeps edges/corners sharp
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         for name in ("image_size", "in_channels", "channels", "codebook_size", "code_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -77,6 +77,7 @@ class TrainConfig(Config):
     export: bool = True  # write <output_dir>/model at the end (config.json, model.safetensors, tokenizer.json)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")

@@ -57,6 +57,7 @@ class ShapesImagesDataConfig(Config):
     heldout_every: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         if self.source == "folder" and not self.path:
             raise ConfigError("data.path is required when data.source is 'folder'")
         if self.length <= 0 or self.val_length < 0:
@@ -156,6 +157,7 @@ class CodesDataConfig(Config):
     code_images: int = 4000
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # Config: literal fields hold one of their values
         if self.code_images <= 0:
             raise ConfigError(f"data.code_images must be positive, got {self.code_images}")
         if not self.path:
