@@ -393,11 +393,20 @@ class TextToImageConfig(Config):
     # temperature 0.1). The image loss alone left the encoder a bag of words: "which object is
     # left" was a coin toss.
     word_order_loss_weight: float = 0.0
+    # With text_encoder.context_embeddings: the probability that a training row hides the
+    # contextual states from the decoder, which then reads the words' own embeddings alone. What a
+    # caption's words say one at a time (a colour, a shape, a position) is learnt from them; the
+    # states are left for what only word order tells (which object is left of which).
+    context_states_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # Config: literal fields hold one of their values
         if not self.word_order_loss_weight >= 0:
             raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
+        if not 0.0 <= self.context_states_dropout < 1.0:
+            raise ConfigError(f"context_states_dropout must be in [0, 1), got {self.context_states_dropout}")
+        if self.context_states_dropout and not self.text_encoder.context_embeddings:
+            raise ConfigError("context_states_dropout needs text_encoder.context_embeddings (the embeddings are what remains)")
         if self.text_encoder.context_embeddings and self.image_decoder.conditioning != "cross":
             raise ConfigError("text_encoder.context_embeddings doubles the text context: it needs image_decoder.conditioning 'cross'")
         if self.text_encoder.dim != self.image_decoder.context_dim:

@@ -417,6 +417,35 @@ def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
             conditioning="prefix", cross_attention=False, max_len=22))
 
 
+@pytest.mark.parametrize("p", [0.0, 0.999])
+def test_context_states_dropout_leaves_rows_only_the_word_embeddings(p):
+    enc = TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True)
+    dec = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
+                             max_len=16, dim=32, n_layers=1, n_heads=4, caption_dropout=0.0)
+    torch.manual_seed(0)
+    model = TextToImage(TextToImageConfig(text_encoder=enc, image_decoder=dec, context_states_dropout=p)).train()
+    ids, mask, codes = torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16))
+
+    def logits():
+        torch.manual_seed(1)  # the same rows hidden each time
+        return model(ids, mask, codes)[0]
+
+    before = logits()
+    with torch.no_grad():  # change what only the contextual states carry: the encoder's attention
+        model.text_encoder.trunk.blocks[0].attn.out.weight.add_(1.0)
+    after = logits()
+    if p:  # every row hid its states: the decoder read the embeddings alone
+        torch.testing.assert_close(before, after)
+    else:
+        assert not torch.allclose(before, after)
+    model.eval()  # never at inference
+    assert model(ids, mask, codes)[0].shape == before.shape
+    with pytest.raises(ConfigError, match="context_states_dropout needs"):
+        TextToImageConfig(text_encoder=enc.replace(context_embeddings=False), image_decoder=dec, context_states_dropout=0.5)
+    with pytest.raises(ConfigError, match=r"context_states_dropout must be in \[0, 1\)"):
+        TextToImageConfig(text_encoder=enc, image_decoder=dec, context_states_dropout=1.0)
+
+
 def _word_order_model(weight, caption_dropout=0.0):
     cfg = TextToImageConfig(
         text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, position="rope"),

@@ -50,6 +50,10 @@ class TextToImage(nn.Module):
         dec = self.image_decoder
         states, states_mask = self.encode_text(text_ids, text_mask), text_mask
         context, text_mask = self.text_encoder.context(text_ids, states, text_mask)
+        if self.training and self.config.context_states_dropout > 0:  # some rows read the word embeddings alone
+            T = states.shape[1]
+            hide = torch.rand(codes.shape[0], device=codes.device) < self.config.context_states_dropout  # (B,)
+            text_mask = torch.cat([text_mask[:, :T].masked_fill(hide[:, None], 0), text_mask[:, T:]], dim=1)
         if self.training and dec.config.caption_dropout > 0:
             drop = torch.rand(codes.shape[0], device=codes.device) < dec.config.caption_dropout  # (B,)
             null, null_mask = dec.null_contexts(codes.shape[0], context.shape[1])
