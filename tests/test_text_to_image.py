@@ -418,7 +418,7 @@ def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
 
 
 @pytest.mark.parametrize("p", [0.0, 0.999])
-def test_context_states_dropout_leaves_rows_only_the_word_embeddings(p):
+def test_context_dropout_leaves_rows_one_half_of_the_context(p):
     enc = TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True)
     dec = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
                              max_len=16, dim=32, n_layers=1, n_heads=4, caption_dropout=0.0)
@@ -440,6 +440,14 @@ def test_context_states_dropout_leaves_rows_only_the_word_embeddings(p):
         assert not torch.allclose(before, after)
     model.eval()  # never at inference
     assert model(ids, mask, codes)[0].shape == before.shape
+    if p:  # the other way round: every row hides the embeddings, so changing them changes nothing
+        model = TextToImage(model.config.replace(context_states_dropout=0.0, context_words_dropout=p)).train()
+        before = logits()
+        with torch.no_grad():
+            model.text_encoder.context_norm.weight.mul_(3.0)  # scales only the embeddings half
+        torch.testing.assert_close(before, logits())
+    with pytest.raises(ConfigError, match="context_states_dropout \\+ context_words_dropout"):
+        TextToImageConfig(text_encoder=enc, image_decoder=dec, context_states_dropout=0.5, context_words_dropout=0.5)
     with pytest.raises(ConfigError, match="context_states_dropout needs"):
         TextToImageConfig(text_encoder=enc.replace(context_embeddings=False), image_decoder=dec, context_states_dropout=0.5)
     with pytest.raises(ConfigError, match=r"context_states_dropout must be in \[0, 1\)"):
