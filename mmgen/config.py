@@ -393,26 +393,20 @@ class TextToImageConfig(Config):
     # temperature 0.1). The image loss alone left the encoder a bag of words: "which object is
     # left" was a coin toss.
     word_order_loss_weight: float = 0.0
-    # With text_encoder.context_embeddings: the probability that a training row hides the
-    # contextual states from the decoder, which then reads the words' own embeddings alone. What a
-    # caption's words say one at a time (a colour, a shape, a position) is learnt from them; the
-    # states are left for what only word order tells (which object is left of which).
-    context_states_dropout: float = 0.0
-    # ... and the probability that a row hides the word embeddings instead (the states alone must
-    # then tell everything, which-goes-where included); a row never hides both.
+    # With text_encoder.context_embeddings: the probability that a training row hides the word
+    # embeddings from the decoder, which must then read everything, which object goes where
+    # included, from the contextual states. Given both, the decoder reads the embeddings and
+    # treats a caption as a bag of words (README, "What limits it").
     context_words_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # Config: literal fields hold one of their values
         if not self.word_order_loss_weight >= 0:
             raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
-        for name in ("context_states_dropout", "context_words_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-            if getattr(self, name) and not self.text_encoder.context_embeddings:
-                raise ConfigError(f"{name} needs text_encoder.context_embeddings (states and embeddings, one of them hidden)")
-        if self.context_states_dropout + self.context_words_dropout >= 1.0:
-            raise ConfigError("context_states_dropout + context_words_dropout must be < 1 (a row hides one half at most)")
+        if not 0.0 <= self.context_words_dropout < 1.0:
+            raise ConfigError(f"context_words_dropout must be in [0, 1), got {self.context_words_dropout}")
+        if self.context_words_dropout and not self.text_encoder.context_embeddings:
+            raise ConfigError("context_words_dropout needs text_encoder.context_embeddings (the word embeddings it hides)")
         if self.text_encoder.context_embeddings and self.image_decoder.conditioning != "cross":
             raise ConfigError("text_encoder.context_embeddings doubles the text context: it needs image_decoder.conditioning 'cross'")
         if self.text_encoder.dim != self.image_decoder.context_dim:

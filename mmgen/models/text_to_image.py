@@ -50,12 +50,10 @@ class TextToImage(nn.Module):
         dec = self.image_decoder
         states, states_mask = self.encode_text(text_ids, text_mask), text_mask
         context, text_mask = self.text_encoder.context(text_ids, states, text_mask)
-        p_states, p_words = self.config.context_states_dropout, self.config.context_words_dropout
-        if self.training and (p_states or p_words):  # some rows read one half of the context alone
+        if self.training and self.config.context_words_dropout > 0:  # some rows read the states alone
             T = states.shape[1]
-            u = torch.rand(codes.shape[0], 1, device=codes.device)  # (B, 1)
-            hide_states, hide_words = u < p_states, (u >= p_states) & (u < p_states + p_words)
-            text_mask = torch.cat([text_mask[:, :T].masked_fill(hide_states, 0), text_mask[:, T:].masked_fill(hide_words, 0)], 1)
+            hide = torch.rand(codes.shape[0], 1, device=codes.device) < self.config.context_words_dropout  # (B, 1)
+            text_mask = torch.cat([text_mask[:, :T], text_mask[:, T:].masked_fill(hide, 0)], dim=1)
         if self.training and dec.config.caption_dropout > 0:
             drop = torch.rand(codes.shape[0], device=codes.device) < dec.config.caption_dropout  # (B,)
             null, null_mask = dec.null_contexts(codes.shape[0], context.shape[1])
