@@ -521,6 +521,9 @@ class TextToImagePipeline:
             for m in modules:
                 m.record_weights, m.last_weights = False, None
         T = int(mask.sum())
+        if self.text_encoder.config.context_embeddings:  # a token's state and its own embedding: one token
+            T //= 2
+            weights = weights[:, :T] + weights[:, T:]
         tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch([prompt], max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
         maps = weights[:, :T].T.reshape(T, dec.config.grid_h, dec.config.grid_w)
         return tokens, maps

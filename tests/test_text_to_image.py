@@ -554,8 +554,9 @@ def test_word_order_loss_weight_must_not_be_negative():
         TextToImageConfig(word_order_loss_weight=-0.1)
 
 
-def test_cross_attention_maps_cover_prompt_tokens():
-    pipe = make_tiny_pipeline()
+@pytest.mark.parametrize("context_embeddings", [False, True])
+def test_cross_attention_maps_cover_prompt_tokens(context_embeddings):
+    pipe = make_tiny_pipeline(context_embeddings=context_embeddings)
     img = pipe("a small red circle", seed=0)[0]
     tokens, maps = pipe.cross_attention_maps("a small red circle", img)
     assert tokens[:4] == ["a", "small", "red", "circle"]
