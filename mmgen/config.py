@@ -294,6 +294,15 @@ class TextEncoderConfig(TransformerConfig):
     # another (which colour goes with which shape); the embeddings stay one word each, so a
     # colour-shape pair never seen in training is still read as its two words.
     context_embeddings: bool = False
+    # With context_embeddings: each embedding also carries its token's place in the caption (a
+    # learned table of max_len rows), so the decoder can read "the colour before 'left of'" from
+    # the words themselves; the states, and so the encoder, are unchanged.
+    context_positions: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.context_positions and not self.context_embeddings:
+            raise ConfigError("context_positions needs context_embeddings (the word embeddings it places)")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ CAPTIONS = [
 ]
 
 
-def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: str = "raster", context_embeddings: bool = False):
-    """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ)."""
+def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: str = "raster", **text_encoder):
+    """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ); ``text_encoder``
+    options (e.g. ``context_embeddings=True``) go to its TextEncoderConfig."""
     from mmgen.config import ImageDecoderConfig, TextEncoderConfig
     from mmgen.models.image_decoder import ImageDecoder
     from mmgen.models.text_encoder import TextEncoder
@@ -34,7 +35,7 @@ def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: s
     torch.manual_seed(seed)
     tok = TextTokenizer.train(CAPTIONS * 4, kind="word", vocab_size=200)
     enc = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_len=16, dim=32, n_layers=1, n_heads=4,
-                                        context_embeddings=context_embeddings))
+                                        **text_encoder))
     dec = ImageDecoder(
         ImageDecoderConfig(
             codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=32, context_len=12,

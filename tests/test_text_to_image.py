@@ -417,6 +417,47 @@ def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
             conditioning="prefix", cross_attention=False, max_len=22))
 
 
+def test_context_positions_place_each_word_and_leave_the_states(tmp_path):
+    pipe = make_tiny_pipeline(context_embeddings=True, context_positions=True)
+    enc = pipe.text_encoder
+    prompts = ["a red circle to the left of a red square"]  # "red" twice, in two places
+    context, _ = pipe.encode_prompts(prompts)
+    ids = pipe.tokenizer.encode_batch(prompts, max_length=12, padding="longest")["input_ids"]
+    T = ids.shape[1]
+    red = [t for t in range(T) if ids[0, t] == ids[0, 1]]
+    assert len(red) == 2
+    with torch.no_grad():
+        states, _ = enc(ids)
+        places = enc.context_norm(enc.trunk.tok_emb(ids) + enc.context_pos[:T])
+    torch.testing.assert_close(context[:, :T], states)  # the encoder does not see the table
+    torch.testing.assert_close(context[:, T:], places)
+    assert not torch.allclose(context[0, T + red[0]], context[0, T + red[1]])  # one word, two places
+    with torch.no_grad():
+        enc.context_pos.zero_()  # without places the two are the same word again
+    context, _ = pipe.encode_prompts(prompts)
+    torch.testing.assert_close(context[0, T + red[0]], context[0, T + red[1]])
+    # the table is saved with the bundle
+    with torch.no_grad():
+        enc.context_pos.normal_()
+    pipe.save_pretrained(tmp_path / "bundle")
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
+    assert torch.equal(loaded.text_encoder.context_pos, enc.context_pos)
+    # and trains with the model
+    cfg = TextToImageConfig(
+        text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4,
+                                       context_embeddings=True, context_positions=True),
+        image_decoder=ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24,
+                                         context_len=6, max_len=16, dim=32, n_layers=1, n_heads=4, caption_dropout=0.0),
+    )
+    model = TextToImage(cfg)
+    _, loss = model(torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16)))
+    loss.backward()
+    assert model.text_encoder.context_pos.grad[:6].abs().sum(-1).gt(0).all()
+    assert model.text_encoder.context_pos.grad[6:].abs().sum() == 0  # places past the caption stay put
+    with pytest.raises(ConfigError, match="context_positions needs context_embeddings"):
+        TextEncoderConfig(context_positions=True)
+
+
 @pytest.mark.parametrize("p", [0.0, 0.999])
 def test_context_words_dropout_leaves_rows_only_the_states(p):
     enc = TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True)

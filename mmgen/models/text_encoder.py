@@ -24,6 +24,8 @@ class TextEncoder(PretrainedMixin, nn.Module):
         self.trunk = Transformer(config)
         if config.context_embeddings:
             self.context_norm = make_norm(config.norm, config.dim, config.norm_eps, config.norm_bias)
+        if config.context_positions:  # initialised like the token table, so both start on one scale
+            self.context_pos = nn.Parameter(torch.randn(config.max_len, config.dim) * 0.02)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -36,10 +38,14 @@ class TextEncoder(PretrainedMixin, nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What a decoder attends to, from this encoder's states (B, T, D) of ``input_ids`` (B, T):
         the states themselves, or with ``config.context_embeddings`` the states followed by the
-        tokens' normalised input embeddings: (B, 2T, D) with the mask (B, T) repeated."""
+        tokens' normalised input embeddings (plus their places with ``config.context_positions``):
+        (B, 2T, D) with the mask (B, T) repeated."""
         if not self.config.context_embeddings:
             return states, attention_mask
-        words = self.context_norm(self.trunk.tok_emb(input_ids)).to(states.dtype)
+        words = self.trunk.tok_emb(input_ids)
+        if self.config.context_positions:
+            words = words + self.context_pos[: input_ids.shape[1]]
+        words = self.context_norm(words).to(states.dtype)
         return torch.cat([states, words], dim=1), torch.cat([attention_mask, attention_mask], dim=1)
 
     @torch.no_grad()
