@@ -97,6 +97,39 @@ def test_t2i_kind_trains_and_exports_a_bundle(t2i_run):
     assert saved["model"]["text_vocab_size"] == pipe.tokenizer.vocab_size  # the run records what the data decided
 
 
+def test_t2i_text_encoder_starts_from_a_folder_and_stays_frozen(t2i_run, capsys):
+    from mmgen.config import BERTConfig
+    from mmgen.models.bert import BERT
+    from mmgen.models.text_encoder import load_text_encoder
+    from mmgen.pipelines import TextToImagePipeline
+    from mmgen.text import TextTokenizer
+
+    tmp, _ = t2i_run
+    tokenizer = tmp / "run" / "model" / "text_tokenizer"  # the captions' tokenizer stands in for the encoder's
+    vocab = TextTokenizer.from_pretrained(tokenizer).vocab_size
+    torch.manual_seed(0)
+    BERT(BERTConfig(vocab_size=vocab + 3, max_len=16, dim=16, n_layers=2, n_heads=2)).save_pretrained(tmp / "bert")
+    args = [f"--model.text_encoder_from={tmp / 'bert'}", f"--data.tokenizer_path={tokenizer}",
+            "--model.freeze_text_encoder=true", "--model.text_encoder.context_embeddings=true",
+            f"--train.output_dir={tmp / 'from_bert'}"]
+    assert run(str(tmp / "t2i.yaml"), args)["steps"] == 3
+    pipe = TextToImagePipeline.from_pretrained(tmp / "from_bert" / "model")
+    start = load_text_encoder(tmp / "bert")
+    enc = pipe.text_encoder
+    assert enc.config.n_layers == 2 and enc.config.vocab_size == vocab + 3  # the folder's encoder, not the YAML's
+    assert enc.config.context_embeddings  # the YAML's context options kept
+    got = enc.state_dict()
+    for name, value in start.state_dict().items():
+        assert torch.equal(got[name].float(), value.float()), name  # frozen: as loaded after training
+    assert not torch.equal(enc.context_norm.weight, torch.ones_like(enc.context_norm.weight))  # the new part trained
+    BERT(BERTConfig(vocab_size=vocab - 1, max_len=16, dim=16, n_layers=1, n_heads=2)).save_pretrained(tmp / "small")
+    with pytest.raises(ConfigError, match="data.tokenizer_path"):
+        run(str(tmp / "t2i.yaml"), [f"--model.text_encoder_from={tmp / 'small'}", f"--train.output_dir={tmp / 'x'}"])
+    # from the command line: a clear error, no traceback
+    assert train_main(["--config", str(tmp / "t2i.yaml"), f"--model.text_encoder_from={tmp / 'nowhere'}"]) == 2
+    assert "nowhere/config.json: missing" in capsys.readouterr().err
+
+
 def test_t2i_model_section_carries_every_model_field():
     # the section is TextToImageConfig plus text_vocab_size: a model field it forgot to pass on
     # would be accepted from the YAML and silently ignored

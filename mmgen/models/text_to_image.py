@@ -29,8 +29,8 @@ class TextToImage(nn.Module):
         self.config = config
         self.text_encoder = TextEncoder(config.text_encoder)
         self.image_decoder = ImageDecoder(config.image_decoder)
-        if config.freeze_text_encoder:
-            self.text_encoder.requires_grad_(False)
+        if config.freeze_text_encoder:  # the encoder proper; the context's own parts (norm, places) still train
+            self.text_encoder.trunk.requires_grad_(False)
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Caption ids (B, Tc) -> encoder states (B, Tc, Dc)."""

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from mmgen.checkpoint import CheckpointError
 from mmgen.config import ConfigError
 
 __all__ = ["main", "run"]
@@ -78,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(load_experiment(args.config, rest).to_yaml(), end="")
             return 0
         run(args.config, rest, resume=args.resume)
-    except (ConfigError, FileNotFoundError) as e:  # bad config, missing data or checkpoint: no traceback
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # bad config, missing data or checkpoint: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from mmgen.config import Config, ConfigError, TextToImageConfig, read_json
+from mmgen.config import Config, ConfigError, TextEncoderConfig, TextToImageConfig, read_json
 from mmgen.models.vq import VQConfig
 from mmgen.training.registry import ModelKind, register_kind
 from mmgen.training.trainer import TrainingData
@@ -133,10 +133,22 @@ class T2IModelConfig(TextToImageConfig):
     text vocabulary size, which the caption tokenizer decides when the YAML leaves it out."""
 
     text_vocab_size: Optional[int] = None  # overrides text_encoder.vocab_size
+    # Start the text encoder from a folder: ours (a TextEncoder or a BERT) or a local Hugging Face
+    # BERT / T5. Its architecture and weights replace text_encoder's (whose context_* options
+    # stay); name its tokenizer as data.tokenizer_path. With freeze_text_encoder it stays as loaded.
+    text_encoder_from: Optional[str] = None
 
-    def model_config(self) -> TextToImageConfig:
+    def model_config(self, pretrained: Optional[TextEncoderConfig] = None) -> TextToImageConfig:
+        """The model's config; ``pretrained``: the config of the encoder ``text_encoder_from`` holds."""
         encoder = self.text_encoder
-        if self.text_vocab_size is not None:
+        if pretrained is not None:
+            if self.text_vocab_size is not None and self.text_vocab_size > pretrained.vocab_size:
+                raise ConfigError(
+                    f"the caption tokenizer has {self.text_vocab_size} tokens but the text encoder in "
+                    f"{self.text_encoder_from} knows {pretrained.vocab_size}: set data.tokenizer_path to its tokenizer")
+            encoder = pretrained.replace(context_embeddings=encoder.context_embeddings,
+                                         context_positions=encoder.context_positions)
+        elif self.text_vocab_size is not None:
             encoder = encoder.replace(vocab_size=self.text_vocab_size)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TextToImageConfig)}
         return TextToImageConfig(**{**fields, "text_encoder": encoder})  # every model field carries over
@@ -313,7 +325,17 @@ def _factors_preparer(data_cfg: CodesDataConfig, meta: dict[str, Any]):
 def _build_t2i(cfg: T2IModelConfig) -> nn.Module:
     from mmgen.models.text_to_image import TextToImage
 
-    return TextToImage(cfg.model_config())
+    if not cfg.text_encoder_from:
+        return TextToImage(cfg.model_config())
+    from mmgen.models.text_encoder import load_text_encoder
+
+    encoder = load_text_encoder(cfg.text_encoder_from)
+    model = TextToImage(cfg.model_config(encoder.config))
+    # the trunk is the folder's; the context's own parts (norm, places) carry over where both have
+    # them and start fresh where only the new model has them
+    missing, unexpected = model.text_encoder.load_state_dict(encoder.state_dict(), strict=False)
+    assert all(k.startswith("context_") for k in missing + unexpected), (missing, unexpected)
+    return model
 
 
 register_kind(ModelKind("vq", VQConfig, ShapesImagesDataConfig, _build_vq, _build_vq_data))
