@@ -647,3 +647,5 @@ def test_text_encoder_starts_from_bert_and_t5_folders(tmp_path):
         assert torch.allclose(enc(ids)[0], t5(input_ids=ids).last_hidden_state, atol=1e-5)
     frozen = TextToImage(TextToImageConfig(text_encoder=enc.config, image_decoder=ImageDecoderConfig(context_dim=24, dim=32, n_heads=4, n_layers=1), freeze_text_encoder=True))
     assert not any(p.requires_grad for p in frozen.text_encoder.parameters())
+    frozen.train()
+    assert frozen.image_decoder.training and not frozen.text_encoder.trunk.training  # no dropout in what is frozen

@@ -32,6 +32,12 @@ class TextToImage(nn.Module):
         if config.freeze_text_encoder:  # the encoder proper; the context's own parts (norm, places) still train
             self.text_encoder.trunk.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> "TextToImage":
+        super().train(mode)
+        if self.config.freeze_text_encoder:  # a frozen encoder runs as loaded: no dropout
+            self.text_encoder.trunk.eval()
+        return self
+
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Caption ids (B, Tc) -> encoder states (B, Tc, Dc)."""
         states, _ = self.text_encoder(text_ids, text_mask)
