@@ -146,8 +146,8 @@ class T2IModelConfig(TextToImageConfig):
                 raise ConfigError(
                     f"the caption tokenizer has {self.text_vocab_size} tokens but the text encoder in "
                     f"{self.text_encoder_from} knows {pretrained.vocab_size}: set data.tokenizer_path to its tokenizer")
-            encoder = pretrained.replace(context_embeddings=encoder.context_embeddings,
-                                         context_positions=encoder.context_positions)
+            own = {f.name: getattr(encoder, f.name) for f in dataclasses.fields(encoder) if f.name.startswith("context_")}
+            encoder = pretrained.replace(**own)  # what the decoder reads is this model's, as _build_t2i loads it
         elif self.text_vocab_size is not None:
             encoder = encoder.replace(vocab_size=self.text_vocab_size)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TextToImageConfig)}
