@@ -264,6 +264,8 @@ class TextToImagePipeline:
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.model_id = model_id
         self.extras: dict[str, Any] = {}  # model_index.json content beyond the components
+        # a caption rewrite the model was trained with (``data.caption_rewrite``), applied to every prompt
+        self.prompt_rewrite: Optional[str] = None
         self.compile = False  # torch.compile the decode steps (pays on GPU; the first call compiles)
 
     @property
@@ -304,7 +306,15 @@ class TextToImagePipeline:
             defaults=index.get("defaults"),
             model_id=index.get("model_id", folder.name),
         )
-        pipe.extras = {k: v for k, v in index.items() if k not in ("defaults", "model_id", "components")}
+        pipe.extras = {k: v for k, v in index.items() if k not in ("defaults", "model_id", "components", "prompt_rewrite")}
+        rewrite = index.get("prompt_rewrite")
+        if rewrite is not None:
+            from .data.shapes import CAPTION_REWRITES
+
+            if rewrite not in CAPTION_REWRITES:
+                raise CheckpointError(f"{index_path}: unknown prompt_rewrite {rewrite!r}; this mmgen knows "
+                                      f"{sorted(CAPTION_REWRITES)}")
+            pipe.prompt_rewrite = rewrite
         pipe.folder = folder
         return pipe
 
@@ -330,6 +340,7 @@ class TextToImagePipeline:
                 "image_decoder": "ImageDecoder", "vq": "VQModel",
             },
             "defaults": self.defaults,
+            **({"prompt_rewrite": self.prompt_rewrite} if self.prompt_rewrite else {}),
             **self.extras,
             **(extra or {}),
         }
@@ -343,11 +354,21 @@ class TextToImagePipeline:
         f = self.vq.config.downsample
         return c.grid_w * f, c.grid_h * f
 
+    def rewrite_prompts(self, prompts: list[str]) -> list[str]:
+        """The prompts as the model reads them: unchanged, or through the caption rewrite it was
+        trained with (:attr:`prompt_rewrite`, e.g. ``canonical_relations``:
+        :func:`mmgen.data.shapes.canonical_caption`)."""
+        if self.prompt_rewrite is None:
+            return list(prompts)
+        from .data.shapes import CAPTION_REWRITES
+
+        return [CAPTION_REWRITES[self.prompt_rewrite](p) for p in prompts]
+
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> the decoder's text context (B, T', D) and mask (B, T') (:meth:`TextEncoder.context`);
-        over-long prompts are truncated with a warning."""
+        over-long prompts are truncated with a warning. Prompts go through :meth:`rewrite_prompts` first."""
         L = self.image_decoder.config.context_len
-        batch = self.tokenizer.encode_batch(prompts, max_length=L, padding="longest")
+        batch = self.tokenizer.encode_batch(self.rewrite_prompts(prompts), max_length=L, padding="longest")
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         with torch.inference_mode():
             states, _ = self.text_encoder(ids, mask)
@@ -524,7 +545,7 @@ class TextToImagePipeline:
         if self.text_encoder.config.context_embeddings:  # a token's state and its own embedding: one token
             T //= 2
             weights = weights[:, :T] + weights[:, T:]
-        tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch([prompt], max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
+        tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch(self.rewrite_prompts([prompt]), max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
         maps = weights[:, :T].T.reshape(T, dec.config.grid_h, dec.config.grid_w)
         return tokens, maps
 

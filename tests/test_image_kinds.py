@@ -183,6 +183,38 @@ def test_t2i_kind_trains_with_the_word_order_loss_and_refuses_captions_without_r
         get_kind("t2i").build_data(exp.data, exp.model, 0)
 
 
+def test_t2i_kind_trains_on_canonical_captions_and_the_bundle_rewrites_prompts(t2i_run):
+    """data.caption_rewrite=canonical_relations: every training caption is canonical ("right of" and
+    "below" told from the other object), the caption tokenizer never sees those words, and the
+    exported bundle rewrites prompts the same way; the word-order loss, which needs the converses, is refused."""
+    import json
+
+    from mmgen.data.shapes import canonical_caption, parse_caption
+    from mmgen.pipelines import TextToImagePipeline
+    from mmgen.training.registry import get_kind
+
+    tmp, _ = t2i_run
+    raw = [json.loads(line)["text"] for line in (tmp / "codes" / "captions.jsonl").read_text().splitlines()]
+    assert any(parse_caption(t).relation in ("right of", "below") for t in raw)
+    overrides = ["--data.caption_rewrite=canonical_relations", f"--train.output_dir={tmp / 'run_canonical'}"]
+    exp = load_experiment(tmp / "t2i.yaml", overrides)
+    data = get_kind("t2i").build_data(exp.data, exp.model, 0)
+    codes = data.train.dataset
+    assert codes.captions == [canonical_caption(t) for t in raw] and codes.captions != raw
+    assert data.tokenizer.token_to_id("below") is None
+    summary = run(str(tmp / "t2i.yaml"), overrides)
+    assert summary["steps"] == 3
+    pipe = TextToImagePipeline.from_pretrained(tmp / "run_canonical" / "model")
+    assert pipe.prompt_rewrite == "canonical_relations"
+    assert pipe.rewrite_prompts(["a red circle below a blue square"]) == ["a blue square above a red circle"]
+
+    with pytest.raises(ConfigError, match="caption_rewrite=canonical_relations and model.word_order_loss_weight"):
+        exp = load_experiment(tmp / "t2i.yaml", overrides + ["--model.word_order_loss_weight=0.5"])
+        get_kind("t2i").build_data(exp.data, exp.model, 0)
+    with pytest.raises(ConfigError, match="caption_rewrite"):
+        load_experiment(tmp / "t2i.yaml", ["--data.caption_rewrite=sideways"])
+
+
 def test_t2i_kind_describes_codes_by_two_tone_factors(vq_run, t2i_run):
     """code_embedding "factors": the trainer fills each code's factors from shapes images before
     training, the export keeps them, and codes drawn are canonical ones."""

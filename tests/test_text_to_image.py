@@ -300,6 +300,33 @@ def test_pipeline_save_load_gives_identical_images(tmp_path):
     assert loaded.defaults["top_k"] == 8
 
 
+def test_prompt_rewrite_reads_prompts_as_trained_and_survives_save_load(tmp_path):
+    """A bundle trained on canonical captions (data.caption_rewrite) reads "a below b" as "b above a":
+    the same context, the same images, the same attention tokens; without the rewrite they differ."""
+    prompt, canonical = "a red circle below a blue square", "a blue square above a red circle"
+    pipe = make_tiny_pipeline()
+    assert not torch.equal(pipe.encode_prompts([prompt])[0], pipe.encode_prompts([canonical])[0])
+    pipe.prompt_rewrite = "canonical_relations"
+    assert pipe.rewrite_prompts([prompt, "a red circle"]) == [canonical, "a red circle"]
+    assert torch.equal(pipe.encode_prompts([prompt])[0], pipe.encode_prompts([canonical])[0])
+    pipe.save_pretrained(tmp_path / "bundle")
+    index = json.loads((tmp_path / "bundle" / "model_index.json").read_text())
+    assert index["prompt_rewrite"] == "canonical_relations"
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
+    assert loaded.prompt_rewrite == "canonical_relations" and "prompt_rewrite" not in loaded.extras
+    a = loaded(prompt, num_images=2, seed=3)
+    b = loaded(canonical, num_images=2, seed=3)
+    assert [i.tobytes() for i in a] == [i.tobytes() for i in b]
+    assert read_png_metadata(save_png(a[0], tmp_path / "a.png"))["prompt"] == prompt  # the user's words are kept
+    tokens, _ = loaded.cross_attention_maps(prompt, a[0])
+    assert tokens[:3] == ["a", "blue", "square"]
+
+    index["prompt_rewrite"] = "sideways"
+    (tmp_path / "bundle" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="unknown prompt_rewrite 'sideways'"):
+        TextToImagePipeline.from_pretrained(tmp_path / "bundle")
+
+
 def test_png_metadata_round_trip(tmp_path):
     pipe = make_tiny_pipeline()
     img = pipe("a white triangle", negative_prompt="blue", num_images=1, seed=2**53 - 5, guidance_scale=2.5, top_p=0.9)[0]

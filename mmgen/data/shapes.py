@@ -609,6 +609,30 @@ def converse_caption(text: str) -> Optional[str]:
     return f"{head}{b} {RELATION_PHRASES[CONVERSE[spec.relation]]} {a}{tail}"
 
 
+def canonical_caption(text: str) -> str:
+    """The caption told so that its first object is the one drawn first in raster order:
+    "right of" and "below" become their converse ("a red circle below a blue square" -> "a blue
+    square above a red circle"); every other text is returned unchanged.
+
+    A canonical two-object caption names first the object a decoder drawing row by row meets
+    first: always for "above", and for "left of" whenever the two share a row (about three scenes
+    in four; in the rest the left object sits a row lower). So the first object's looks can be taken
+    from the caption's first noun phrase whichever relation is named, instead of from the first or
+    the second depending on the relation word. The two captions
+    describe the same pictures (:func:`converse_caption`), so nothing is lost; the pipeline applies
+    the same rewrite to prompts (``data.caption_rewrite``).
+    """
+    try:
+        relation = parse_caption(text).relation
+    except ValueError:
+        return text
+    return converse_caption(text) if relation in ("right of", "below") else text
+
+
+# Rewrites of captions (training) and prompts (sampling) by name, as bundles record them.
+CAPTION_REWRITES: dict[str, Callable[[str], str]] = {"canonical_relations": canonical_caption}
+
+
 # --------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------

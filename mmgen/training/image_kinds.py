@@ -163,6 +163,9 @@ class CodesDataConfig(Config):
     tokenizer: Literal["word", "char", "wordpiece", "bpe"] = "word"  # caption tokenizer trained on the captions
     tokenizer_path: Optional[str] = None  # or an existing tokenizer (folder or tokenizer.json)
     val_count: int = 1000  # the folder's last val_count items are the validation set
+    # "canonical_relations": shapes captions naming "right of" / "below" are trained as their converse
+    # (mmgen.data.shapes.canonical_caption), and the exported bundle rewrites prompts the same way
+    caption_rewrite: Literal["none", "canonical_relations"] = "none"
     # code_embedding "factors": how many images describe the codes (the patch each code encodes
     # most often). For shapes codes they are drawn as the VQ was trained: pictures of both splits,
     # never captions, so codes of held-out compositions are described too; for a folder, its first.
@@ -183,8 +186,8 @@ class BundleExport:
     caption tokenizer in ``text_tokenizer/`` and, when the VQ is known, ``vq/`` and
     ``model_index.json``, so that the export is a bundle. Sampling defaults are the pipeline's."""
 
-    def __init__(self, tokenizer, vq_dir: Optional[str], source: dict[str, Any]):
-        self.tokenizer, self.vq_dir, self.source = tokenizer, vq_dir, source
+    def __init__(self, tokenizer, vq_dir: Optional[str], source: dict[str, Any], prompt_rewrite: Optional[str] = None):
+        self.tokenizer, self.vq_dir, self.source, self.prompt_rewrite = tokenizer, vq_dir, source, prompt_rewrite
 
     def __getattr__(self, name: str) -> Any:  # behaves as the tokenizer everywhere else
         return getattr(self.tokenizer, name)
@@ -203,6 +206,7 @@ class BundleExport:
         pipe = TextToImagePipeline(self.tokenizer, TextEncoder.from_pretrained(folder / "text_encoder"),
                                    ImageDecoder.from_pretrained(folder / "image_decoder"),
                                    VQModel.from_pretrained(self.vq_dir), model_id=folder.parent.name)
+        pipe.prompt_rewrite = self.prompt_rewrite
         pipe.save_pretrained(folder, extra={"training": {"codes": self.source, "vq": str(self.vq_dir)}})
 
 
@@ -229,13 +233,23 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
         vq_cfg = VQConfig.from_json(Path(data_cfg.vq) / "config.json")
         if vq_cfg.to_dict() != VQConfig.from_dict(meta["vq_config"]).to_dict():
             raise ConfigError(f"data.vq={data_cfg.vq} is not the VQ that made {folder} (their configs differ)")
+    rewrite = None
+    if data_cfg.caption_rewrite != "none":
+        from mmgen.data.shapes import CAPTION_REWRITES
+
+        if model_cfg.word_order_loss_weight > 0:
+            raise ConfigError(f"data.caption_rewrite={data_cfg.caption_rewrite} and model.word_order_loss_weight > 0 "
+                              "do not mix: the loss trains on each caption's converse, which the rewrite removes")
+        rewrite = CAPTION_REWRITES[data_cfg.caption_rewrite]
     captions = [json.loads(line)["text"] for line in (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    if rewrite is not None:
+        captions = [rewrite(c) for c in captions]
     tokenizer = _caption_tokenizer(data_cfg, captions)
     if model_cfg.text_vocab_size is not None and model_cfg.text_vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.text_vocab_size={model_cfg.text_vocab_size} is smaller than the caption "
                           f"vocabulary ({tokenizer.vocab_size}); leave it out to use the tokenizer's size")
     pairs = model_cfg.word_order_loss_weight > 0
-    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs)
+    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs, rewrite=rewrite)
     info_pairs = {}
     if pairs:
         n_pairs = sum(c is not None for c in codes.converses)
@@ -247,7 +261,8 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     n_val = min(data_cfg.val_count, len(codes) // 10)
     train = Subset(codes, range(len(codes) - n_val))
     val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
-    export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})})
+    export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})},
+                          prompt_rewrite=None if rewrite is None else data_cfg.caption_rewrite)
     prepare = None
     if dec.code_embedding == "factors":
         prepare = _factors_preparer(data_cfg, meta)
