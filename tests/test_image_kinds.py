@@ -187,14 +187,14 @@ def test_t2i_kind_trains_on_canonical_captions_and_the_bundle_rewrites_prompts(t
     """data.caption_rewrite=canonical_relations: every training caption is canonical ("right of" and
     "below" told from the other object), the caption tokenizer never sees those words, and the
     exported bundle rewrites prompts the same way; the word-order loss, which needs the converses, is refused."""
-    import json
+    from mmgen.data.pretokenize import read_captions
 
     from mmgen.data.shapes import canonical_caption, parse_caption
     from mmgen.pipelines import TextToImagePipeline
     from mmgen.training.registry import get_kind
 
     tmp, _ = t2i_run
-    raw = [json.loads(line)["text"] for line in (tmp / "codes" / "captions.jsonl").read_text().splitlines()]
+    raw = read_captions(tmp / "codes")
     assert any(parse_caption(t).relation in ("right of", "below") for t in raw)
     overrides = ["--data.caption_rewrite=canonical_relations", f"--train.output_dir={tmp / 'run_canonical'}"]
     exp = load_experiment(tmp / "t2i.yaml", overrides)

@@ -18,7 +18,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,11 @@ def _collate_images(batch: list[dict[str, Any]]):
     return torch.stack([b["image"] for b in batch]), [b["caption"] for b in batch]
 
 
+def read_captions(folder: str | Path) -> list[str]:
+    """The captions of a codes folder (``captions.jsonl``), one per code row."""
+    return [json.loads(line)["text"] for line in (Path(folder) / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
 class CodesDataset(Dataset):
     """A codes folder as training items ``{"text_ids", "codes"}`` (caption tokenized on the fly).
 
@@ -86,19 +91,18 @@ class CodesDataset(Dataset):
     ``converse_ids`` (the same picture told from the other object,
     :func:`mmgen.data.shapes.converse_caption`) and ``mirror_ids`` (direction words mirrored,
     :func:`mmgen.text.directions.mirror_prompt`): the pair the word-order loss trains on.
-    ``rewrite`` (a function of a caption) is applied to every caption once, when the folder is read.
+    ``captions``: the folder's captions as the caller already read them (e.g. rewritten,
+    ``data.caption_rewrite``), instead of reading ``captions.jsonl`` again.
     """
 
     def __init__(self, folder: str | Path, tokenizer, context_len: int, caption_pairs: bool = False,
-                 rewrite: Optional[Callable[[str], str]] = None):
+                 captions: Optional[Sequence[str]] = None):
         folder = Path(folder)
         for name in ("codes.npy", "captions.jsonl", "meta.json"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: missing; build the folder with `mmgen data pretokenize`")
         self.codes = np.load(folder / "codes.npy", mmap_mode="r")
-        self.captions = [json.loads(line)["text"] for line in (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
-        if rewrite is not None:
-            self.captions = [rewrite(text) for text in self.captions]
+        self.captions = list(captions) if captions is not None else read_captions(folder)
         if len(self.captions) != len(self.codes):
             raise ValueError(f"{folder}: {len(self.codes)} code rows but {len(self.captions)} captions")
         self.meta = json.loads((folder / "meta.json").read_text())

@@ -618,9 +618,9 @@ def canonical_caption(text: str) -> str:
     first: always for "above", and for "left of" whenever the two share a row (about three scenes
     in four; in the rest the left object sits a row lower). So the first object's looks can be taken
     from the caption's first noun phrase whichever relation is named, instead of from the first or
-    the second depending on the relation word. The two captions
-    describe the same pictures (:func:`converse_caption`), so nothing is lost; the pipeline applies
-    the same rewrite to prompts (``data.caption_rewrite``).
+    the second depending on the relation word. The two captions describe the same pictures
+    (:func:`converse_caption`), so nothing is lost; the pipeline applies the same rewrite to
+    prompts (``data.caption_rewrite``).
     """
     try:
         relation = parse_caption(text).relation

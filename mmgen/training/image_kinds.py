@@ -219,7 +219,7 @@ def _caption_tokenizer(data_cfg: CodesDataConfig, captions: list[str]):
 
 
 def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: int) -> TrainingData:
-    from mmgen.data.pretokenize import CodesDataset, collate_codes
+    from mmgen.data.pretokenize import CodesDataset, collate_codes, read_captions
 
     folder = Path(data_cfg.path)
     meta = read_json(folder / "meta.json", FileNotFoundError, "; build the codes folder with `mmgen data pretokenize`")
@@ -241,7 +241,7 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
             raise ConfigError(f"data.caption_rewrite={data_cfg.caption_rewrite} and model.word_order_loss_weight > 0 "
                               "do not mix: the loss trains on each caption's converse, which the rewrite removes")
         rewrite = CAPTION_REWRITES[data_cfg.caption_rewrite]
-    captions = [json.loads(line)["text"] for line in (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    captions = read_captions(folder)
     if rewrite is not None:
         captions = [rewrite(c) for c in captions]
     tokenizer = _caption_tokenizer(data_cfg, captions)
@@ -249,7 +249,7 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
         raise ConfigError(f"model.text_vocab_size={model_cfg.text_vocab_size} is smaller than the caption "
                           f"vocabulary ({tokenizer.vocab_size}); leave it out to use the tokenizer's size")
     pairs = model_cfg.word_order_loss_weight > 0
-    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs, rewrite=rewrite)
+    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs, captions=captions)
     info_pairs = {}
     if pairs:
         n_pairs = sum(c is not None for c in codes.converses)
