@@ -188,7 +188,6 @@ def test_t2i_kind_trains_on_canonical_captions_and_the_bundle_rewrites_prompts(t
     "below" told from the other object), the caption tokenizer never sees those words, and the
     exported bundle rewrites prompts the same way; the word-order loss, which needs the converses, is refused."""
     from mmgen.data.pretokenize import read_captions
-
     from mmgen.data.shapes import canonical_caption, parse_caption
     from mmgen.pipelines import TextToImagePipeline
     from mmgen.training.registry import get_kind
