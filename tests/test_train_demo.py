@@ -159,9 +159,12 @@ def test_non_empty_out_needs_reuse_and_reuse_keeps_finished_stages(demo_run):
     logs = again.stdout + again.stderr
     assert "training VQModel" not in logs and "training TextToImage" not in logs
     # each stage records the command that ran it: the reused ones the first run's
-    made_by = json.loads((out / "bundle" / "model_index.json").read_text())["training"]["made_by"]
+    training = json.loads((out / "bundle" / "model_index.json").read_text())["training"]
+    made_by = training["made_by"]
     assert made_by["vq"] == made_by["t2i"] and "--two-objects 1" in made_by["vq"] and "--reuse" not in made_by["vq"]
     assert "--reuse" in made_by["tune"]
+    # and keep what the first run recorded about them: the VQ's training summary beside its round trip
+    assert training["vq"]["summary"]["steps"] > 0 and "exact" in training["vq"]["shapes_reader_roundtrip"]
 
 
 def test_a_bad_t2i_override_fails_before_any_training(tmp_path):
