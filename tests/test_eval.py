@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_pipeline
 from mmgen.eval.cli import main
-from mmgen.eval.t2i import GROUPS, direction_probe, eval_prompts, evaluate_t2i, format_report, ssim, wilson_interval
+from mmgen.eval.t2i import GROUPS, direction_probe, eval_prompts, evaluate_t2i, format_report, misses, ssim, wilson_interval
 from mmgen.text.directions import MIRRORED, mirror_prompt
 
 
@@ -48,6 +48,30 @@ def test_t2i_eval_reports_model_and_references(tmp_path):
     assert lo <= model["exact"] <= hi and hi - lo > 0.3  # 3 prompts say little
     assert first.split()[-1] == f"{lo:.2f}-{hi:.2f}"
     assert all(line.split()[-1] == "-" for line in table.splitlines()[2:5])  # references: no interval
+    # one-object groups say what was drawn instead, each miss a real one of its 3 prompts
+    assert all(isinstance(report[g]["misses"], list) for g in ("single_seen", "single_heldout"))
+    assert all(0 < count <= 3 and asked != drawn for asked, drawn, count in report["single_seen"]["misses"])
+    assert "misses" not in report["relation_seen"]
+
+
+def test_misses_tally_what_was_drawn_instead_of_the_asked_colour_and_shape():
+    from PIL import Image
+
+    from mmgen.data.shapes import render
+
+    prompts = eval_prompts(12, seed=3)
+    scenes = [scene for _, _, scene in prompts["single_seen"]]
+    renders = [render(scene) for scene in scenes]
+    assert misses(scenes, renders) == []  # each scene's own picture: nothing missed
+    name = lambda scene: f"{scene.objects[0].color} {scene.objects[0].shape}"  # noqa: E731
+    a = scenes[0]
+    b = next(s for s in scenes if name(s) != name(a))
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    two = prompts["relation_seen"][0][2]
+    # asked for a three times, drawn b twice and nothing once; a two-object scene is skipped
+    got = misses([a, a, a, b, two], [renders[scenes.index(b)]] * 2 + [blank, renders[scenes.index(b)], blank])
+    assert got == [[name(a), name(b), 2], [name(a), "nothing", 1]]
+    assert misses([a] * 3, [blank] * 3, top=1) == [[name(a), "nothing", 3]]
 
 
 def test_mirror_prompt_swaps_every_direction_word_and_only_those():

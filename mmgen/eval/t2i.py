@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..data.shapes import ShapesDataset, phrasings, render
 from ..text.directions import mirror_prompt
-from .shapes_reader import aggregate, score
+from .shapes_reader import aggregate, read_scene, score
 
 GROUPS = {
     "single_seen": ("train", 1),
@@ -90,6 +90,25 @@ def direction_probe(pipe, prompts: list[str], codes: torch.Tensor, batch_size: i
     return {"prefers_prompt": float(np.mean(wins)), "n": len(wins)}
 
 
+def misses(scenes, images, top: int = 5) -> list[list[Any]]:
+    """What one-object images drew instead of the colour and shape asked for: the ``top`` most
+    frequent ``[asked, drawn, count]`` (``asked`` and ``drawn`` as "green circle"; ``drawn`` is
+    "nothing" when the reader finds no object), over the scenes whose single object came out in
+    another colour or shape. A held-out pair drawn as a seen one ("green circle" -> "green square")
+    is the model's prior winning over the words; scenes with more than one object are skipped."""
+    tally: dict[tuple[str, str], int] = {}
+    for scene, image in zip(scenes, images):
+        if len(scene.objects) != 1:
+            continue
+        asked = f"{scene.objects[0].color} {scene.objects[0].shape}"
+        found = read_scene(image)
+        drawn = f"{found[0].color} {found[0].shape}" if found else "nothing"
+        if drawn != asked:
+            tally[asked, drawn] = tally.get((asked, drawn), 0) + 1
+    ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [[asked, drawn, count] for (asked, drawn), count in ranked]
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a share ``successes / n`` (95 % for z = 1.96).
 
@@ -142,6 +161,8 @@ def evaluate_t2i(
             "vq_ceiling": aggregate(score(s, im) for s, im in zip(specs, roundtrip)),
             "random_caption": aggregate(score(s, im) for s, im in zip(shuffled, images)),
         }
+        if GROUPS[group][1] == 1:
+            results[group]["misses"] = misses([scene for _, _, scene in items], images)
         if probe:
             results[group]["direction_probe"] = direction_probe(pipe, [t for t, _, _ in items], codes)
         model = results[group]["model"]
@@ -180,6 +201,10 @@ def format_report(results: dict[str, Any]) -> str:
             cells = "".join(f"{r[a]:>10.3f}" if a in r else f"{'-':>10}" for a in attrs)
             ci = "{:.2f}-{:.2f}".format(*r["exact_ci95"]) if "exact_ci95" in r else "-"
             lines.append(f"{group:<18}{source:<16}{cells}{ci:>14}")
+    for group in GROUPS:
+        if results[group].get("misses"):
+            lines.append(f"{group} most often drawn instead: "
+                         + ", ".join(f"{asked} -> {drawn} {count}" for asked, drawn, count in results[group]["misses"]))
     probes = [(g, results[g].get("direction_probe", {})) for g in GROUPS]
     if any(p.get("n") for _, p in probes):
         lines.append("direction probe (ground truth more likely under the prompt than under it mirrored; chance 0.5): "
