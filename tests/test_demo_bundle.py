@@ -78,7 +78,7 @@ def test_direction_probe_finds_direction_words_read(pipe, groups):
     # and "a blue square to the left of a red circle" to "... to the right of ..." for its picture
     # (1.000 / 1.000 on one object, 0.955 / 0.935 on relations with `mmgen eval t2i --n 200`);
     # a likelihood that ignored the prompt's
-    # words or their order would sit at 0.5 (the bundle shipped before this one: 0.565 / 0.445 on
+    # words or their order would sit at 0.5 (runs/demo8, shipped until canonical captions: 0.565 / 0.445 on
     # relations, where it read "left of" as a bag of words)
     from mmgen.eval.t2i import direction_probe, eval_prompts, ground_truth
 
