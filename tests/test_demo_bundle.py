@@ -76,10 +76,9 @@ def test_fidelity_stays_above_the_floor(pipe):
 def test_direction_probe_finds_direction_words_read(pipe, groups):
     # on ground-truth pictures the shipped model prefers "in the top left" to "in the bottom right",
     # and "a blue square to the left of a red circle" to "... to the right of ..." for its picture
-    # (1.000 / 1.000 on one object, 0.955 / 0.935 on relations with `mmgen eval t2i --n 200`);
-    # a likelihood that ignored the prompt's
-    # words or their order would sit at 0.5 (runs/demo8, shipped until canonical captions: 0.565 / 0.445 on
-    # relations, where it read "left of" as a bag of words)
+    # (1.000 / 1.000 on one object, 0.955 / 0.935 on relations with `mmgen eval t2i --n 200`); a
+    # likelihood that ignored the prompt's words or their order would sit at 0.5 (runs/demo8,
+    # shipped until canonical captions: 0.565 / 0.445 on relations, a bag of words)
     from mmgen.eval.t2i import direction_probe, eval_prompts, ground_truth
 
     prompts = eval_prompts(15, seed=4321, image_size=pipe.image_size[0])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from typing import Any, Optional
 
 import numpy as np
@@ -96,7 +97,7 @@ def misses(scenes, images, top: int = 5) -> list[list[Any]]:
     "nothing" when the reader finds no object), over the scenes whose single object came out in
     another colour or shape. A held-out pair drawn as a seen one ("green circle" -> "green square")
     is the model's prior winning over the words; scenes with more than one object are skipped."""
-    tally: dict[tuple[str, str], int] = {}
+    tally: Counter[tuple[str, str]] = Counter()
     for scene, image in zip(scenes, images):
         if len(scene.objects) != 1:
             continue
@@ -104,7 +105,7 @@ def misses(scenes, images, top: int = 5) -> list[list[Any]]:
         found = read_scene(image)
         drawn = f"{found[0].color} {found[0].shape}" if found else "nothing"
         if drawn != asked:
-            tally[asked, drawn] = tally.get((asked, drawn), 0) + 1
+            tally[asked, drawn] += 1
     ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     return [[asked, drawn, count] for (asked, drawn), count in ranked]
 
