@@ -40,41 +40,6 @@ def test_codes_match_direct_encoding(vq, tmp_path):
         encode_dataset(model, items, out, progress=False)
 
 
-def test_caption_pairs_for_the_word_order_loss(vq, tmp_path):
-    """caption_pairs: relation captions carry their converse and mirror; collate pads them to one
-    length and says which rows they belong to (none is a valid batch too)."""
-    from mmgen.data.shapes import converse_caption
-    from mmgen.text.directions import mirror_prompt
-
-    model, _ = vq
-    items = _ShapesImages(40, "train", 0, 16)
-    out = encode_dataset(model, items, tmp_path / "codes", batch_size=8, progress=False)
-    captions = [items.ds[i]["caption"] for i in range(40)]
-    tok = TextTokenizer.train(captions + [mirror_prompt(c) for c in captions], kind="word")
-    ds = CodesDataset(out, tok, context_len=24, caption_pairs=True)
-    plain = CodesDataset(out, tok, context_len=24)
-    paired = [i for i in range(40) if converse_caption(captions[i])]
-    assert 5 <= len(paired) < 40
-    for i in range(40):
-        assert torch.equal(ds[i]["text_ids"], plain[i]["text_ids"]) and "converse_ids" not in plain[i]
-        if i in paired:
-            assert tok.decode(ds[i]["converse_ids"].tolist(), skip_special_tokens=True) == converse_caption(captions[i])
-            assert tok.decode(ds[i]["mirror_ids"].tolist(), skip_special_tokens=True) == mirror_prompt(captions[i])
-        else:
-            assert "converse_ids" not in ds[i]
-    single = [i for i in range(40) if i not in paired][:2]
-    chosen = single[:1] + paired[:2] + single[1:]
-    batch = collate_codes([ds[i] for i in chosen], pad_id=0, caption_pairs=True)
-    assert batch["pair_rows"].tolist() == [1, 2]
-    assert batch["converse_ids"].shape == batch["mirror_ids"].shape == batch["converse_mask"].shape
-    for k, i in enumerate(paired[:2]):
-        n = len(ds[i]["converse_ids"])
-        assert torch.equal(batch["converse_ids"][k, :n], ds[i]["converse_ids"]) and batch["converse_mask"][k].sum() == n
-    empty = collate_codes([ds[i] for i in single], caption_pairs=True)
-    assert empty["pair_rows"].numel() == 0 and empty["converse_ids"].shape[0] == 0
-    assert "pair_rows" not in collate_codes([ds[i] for i in chosen])
-
-
 def test_cli_and_missing_files(vq, tmp_path, capsys):
     _, vq_path = vq
     assert main(["--vq", str(vq_path), "--n", "8", "--out", str(tmp_path / "c")]) == 0

@@ -38,7 +38,7 @@ def test_every_stage_runs_and_the_bundle_draws(demo_run):
     for stage in ("vq", "codes", "t2i", "tune", "bundle", "done"):
         assert f"[train-demo] {stage}" in proc.stdout
     pipe = TextToImagePipeline.from_pretrained(out / "bundle")
-    (image,) = pipe("a red circle", num_images=1, seed=0)
+    (image,) = pipe("a red circle", num_images=1, seed=0).images
     assert image.size == (72, 72)
     index = json.loads((out / "bundle" / "model_index.json").read_text())
     assert set(index["eval"]["summary"]) == {"single_seen", "single_heldout", "relation_seen", "relation_heldout"}
@@ -169,8 +169,8 @@ def test_non_empty_out_needs_reuse_and_reuse_keeps_finished_stages(demo_run):
 
 def test_a_bad_t2i_override_fails_before_any_training(tmp_path):
     out = tmp_path / "run"
-    for bad, says in (("--model.image_decoder.code_order=spiral", "code_order"),
-                      ("--model.image_decoder.conditioning=prefix", "max_len"),
+    for bad, says in (("--model.image_decoder.code_embedding=pixels", "code_embedding"),
+                      ("--model.image_decoder.max_len=10", "max_len"),
                       ("--train.no_such_key=1", "no_such_key")):
         proc = train_demo("--out", str(out), f"--t2i-override={bad}", *TINY)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

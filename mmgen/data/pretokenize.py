@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import atomic_write_text
-from ..text.directions import mirror_prompt
 
 
 def encode_dataset(
@@ -87,16 +86,11 @@ def read_captions(folder: str | Path) -> list[str]:
 class CodesDataset(Dataset):
     """A codes folder as training items ``{"text_ids", "codes"}`` (caption tokenized on the fly).
 
-    With ``caption_pairs``, items whose caption is a shapes caption with a relation also carry
-    ``converse_ids`` (the same picture told from the other object,
-    :func:`mmgen.data.shapes.converse_caption`) and ``mirror_ids`` (direction words mirrored,
-    :func:`mmgen.text.directions.mirror_prompt`): the pair the word-order loss trains on.
     ``captions``: the folder's captions as the caller already read them (e.g. rewritten,
     ``data.caption_rewrite``), instead of reading ``captions.jsonl`` again.
     """
 
-    def __init__(self, folder: str | Path, tokenizer, context_len: int, caption_pairs: bool = False,
-                 captions: Optional[Sequence[str]] = None):
+    def __init__(self, folder: str | Path, tokenizer, context_len: int, captions: Optional[Sequence[str]] = None):
         folder = Path(folder)
         for name in ("codes.npy", "captions.jsonl", "meta.json"):
             if not (folder / name).is_file():
@@ -108,25 +102,13 @@ class CodesDataset(Dataset):
         self.meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = tokenizer
         self.context_len = context_len
-        self.caption_pairs = caption_pairs
-        # each caption's converse (None: no relation), found once rather than per item and step
-        self.converses: list[Optional[str]] = []
-        if caption_pairs:
-            from .shapes import converse_caption
-
-            self.converses = [converse_caption(text) for text in self.captions]
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        text = self.captions[index]
-        item = {"text_ids": self._encode(text), "codes": torch.from_numpy(self.codes[index].astype(np.int64))}
-        if self.caption_pairs:
-            converse = self.converses[index]
-            if converse is not None:
-                item["converse_ids"], item["mirror_ids"] = self._encode(converse), self._encode(mirror_prompt(text))
-        return item
+        return {"text_ids": self._encode(self.captions[index]),
+                "codes": torch.from_numpy(self.codes[index].astype(np.int64))}
 
     def _encode(self, text: str) -> torch.Tensor:
         import warnings
@@ -146,23 +128,11 @@ def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], pad_id: int) -> tuple
     return ids, mask
 
 
-def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0, caption_pairs: bool = False) -> dict[str, torch.Tensor]:
-    """Pad captions to the longest in the batch; codes are all the same length.
-
-    With ``caption_pairs`` (items from a ``CodesDataset(caption_pairs=True)``) the batch also holds
-    ``pair_rows`` (P,), the rows whose items carry a pair, and those pairs padded:
-    ``converse_ids``/``converse_mask`` and ``mirror_ids``/``mirror_mask`` (P, T'), one length for
-    both. P may be 0: the keys are in every batch, so every process runs the same graph.
-    """
+def collate_codes(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad captions to the longest in the batch (``text_ids``, ``text_mask`` (B, T)); codes (B, h*w)
+    are all the same length."""
     ids, mask = pad_rows([b["text_ids"] for b in batch], pad_id)
-    out = {"text_ids": ids, "text_mask": mask, "codes": torch.stack([b["codes"] for b in batch])}
-    if caption_pairs:
-        rows = [i for i, b in enumerate(batch) if "converse_ids" in b]
-        out["pair_rows"] = torch.tensor(rows, dtype=torch.long)
-        ids, mask = pad_rows([batch[i][key] for key in ("converse_ids", "mirror_ids") for i in rows], pad_id)
-        out["converse_ids"], out["mirror_ids"] = ids[: len(rows)], ids[len(rows):]  # one length: one encoder call
-        out["converse_mask"], out["mirror_mask"] = mask[: len(rows)], mask[len(rows):]
-    return out
+    return {"text_ids": ids, "text_mask": mask, "codes": torch.stack([b["codes"] for b in batch])}
 
 
 class _ShapesImages(Dataset):

@@ -237,9 +237,6 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     if data_cfg.caption_rewrite != "none":
         from mmgen.data.shapes import CAPTION_REWRITES
 
-        if model_cfg.word_order_loss_weight > 0:
-            raise ConfigError(f"data.caption_rewrite={data_cfg.caption_rewrite} and model.word_order_loss_weight > 0 "
-                              "do not mix: the loss trains on each caption's converse, which the rewrite removes")
         rewrite = CAPTION_REWRITES[data_cfg.caption_rewrite]
     captions = read_captions(folder)
     if rewrite is not None:
@@ -248,38 +245,19 @@ def _build_t2i_data(data_cfg: CodesDataConfig, model_cfg: T2IModelConfig, seed: 
     if model_cfg.text_vocab_size is not None and model_cfg.text_vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.text_vocab_size={model_cfg.text_vocab_size} is smaller than the caption "
                           f"vocabulary ({tokenizer.vocab_size}); leave it out to use the tokenizer's size")
-    pairs = model_cfg.word_order_loss_weight > 0
-    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, caption_pairs=pairs, captions=captions)
-    info_pairs = {}
-    if pairs:
-        n_pairs = sum(c is not None for c in codes.converses)
-        if n_pairs == 0:
-            raise ConfigError(f"model.word_order_loss_weight={model_cfg.word_order_loss_weight} trains on shapes captions "
-                              f"that name a relation, and none of the {len(captions):,} captions in {folder} does; "
-                              "set it to 0 for this data")
-        info_pairs = {"caption pairs (word-order loss)": f"{n_pairs:,} captions with a relation"}
+    codes = CodesDataset(folder, tokenizer, context_len=dec.context_len, captions=captions)
     n_val = min(data_cfg.val_count, len(codes) // 10)
     train = Subset(codes, range(len(codes) - n_val))
     val = Subset(codes, range(len(codes) - n_val, len(codes))) if n_val else None
     export = BundleExport(tokenizer, data_cfg.vq, {"path": str(folder), **meta.get("source", {})},
                           prompt_rewrite=None if rewrite is None else data_cfg.caption_rewrite)
-    prepare = None
-    if dec.code_embedding == "factors":
-        prepare = _factors_preparer(data_cfg, meta)
-    elif dec.code_embedding == "pixels":
-        if data_cfg.vq is None:
-            raise ConfigError("model.image_decoder.code_embedding=pixels describes codes by their VQ patches: set data.vq")
-
-        def prepare(model: nn.Module) -> None:
-            from mmgen.models.vq import VQModel
-
-            model.image_decoder.set_code_pixels(VQModel.from_pretrained(data_cfg.vq).eval())
+    prepare = _factors_preparer(data_cfg, meta) if dec.code_embedding == "factors" else None
     return TrainingData(
         prepare_model=prepare,
-        train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0, caption_pairs=pairs),
+        train=train, val=val, collate_fn=functools.partial(collate_codes, pad_id=tokenizer.pad_id or 0),
         tokenizer=export, unit="samples",
         info={"codes": f"{len(codes):,} images ({n_val} for validation), grid {meta['grid']}x{meta['grid']}",
-              "caption vocabulary": tokenizer.vocab_size, **info_pairs},
+              "caption vocabulary": tokenizer.vocab_size},
         model_fields={"text_vocab_size": tokenizer.vocab_size},
     )
 
@@ -342,7 +320,7 @@ def _build_t2i(cfg: T2IModelConfig) -> nn.Module:
 
     if not cfg.text_encoder_from:
         return TextToImage(cfg.model_config())
-    from mmgen.models.text_encoder import load_text_encoder
+    from mmgen.models.hf import load_text_encoder
 
     encoder = load_text_encoder(cfg.text_encoder_from)
     model = TextToImage(cfg.model_config(encoder.config))
