@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
 C = TypeVar("C", bound="Config")
 
@@ -100,10 +100,15 @@ class Config:
             if value is not None and value not in allowed:
                 raise ConfigError(f"{type(self).__name__}.{name}: {value!r} is not one of {list(allowed)}")
 
+    # Options that were removed: name -> the value that meant "off". An old config.json that holds
+    # one at that value still loads (the key is dropped); any other value is a clear error.
+    removed: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], _where: str = "") -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        data = _drop_removed(cls, data, _where)
         hints = get_type_hints(cls)
         names = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(data) - names)
@@ -154,6 +159,25 @@ class Config:
             raise ConfigError(f"{path}: {e}") from None
 
 
+REMOVED_IN = "38c4c9a"  # the last commit that still has the removed options (docs/experiments.md)
+
+
+def _drop_removed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the removed options of ``cls`` that hold their "off" value."""
+    kept = dict(data)
+    for name, off in cls.removed.items():
+        if name not in kept:
+            continue
+        value = kept.pop(name)
+        if value != off:  # JSON gives lists for tuples; every "off" value here is a scalar or None
+            key = f"{where}.{name}" if where else name
+            raise ConfigError(
+                f"{key}={value!r}: this option was removed (it lost its experiment; see docs/experiments.md); "
+                f"only {off!r} is still read. mmgen at commit {REMOVED_IN} has it: git checkout {REMOVED_IN}"
+            )
+    return kept
+
+
 def read_json(path: str | os.PathLike, error: type[Exception] = ConfigError, hint: str = "") -> dict[str, Any]:
     """Read a JSON object; a missing file, bad JSON or a non-object raises ``error`` naming the file."""
     path = Path(path)
@@ -200,6 +224,8 @@ class TransformerConfig(Config):
     Field defaults give a small pre-norm GPT-style stack.
     """
 
+    removed = {"rel_direction_init": 0.0}
+
     vocab_size: int = 1024  # token embedding rows (text tokens or VQ codes + specials)
     max_len: int = 256  # longest sequence (learned positions / caches are sized from this)
     dim: int = 256  # model width
@@ -216,13 +242,6 @@ class TransformerConfig(Config):
     position: PositionKind = "learned"
     rel_buckets: int = 32  # T5 relative-position buckets
     rel_max_distance: int = 128
-    # Directional heads at init (bidirectional relative positions only): head 0 starts with bias
-    # +rel_direction_init toward keys before the query and -rel_direction_init after it, head 1
-    # the reverse, the other heads 0 (T5's init). 0 keeps T5's. A T5 encoder trained from scratch
-    # on captions stayed a bag of words (its bias table barely grew), so "a red circle left of a
-    # blue square" read as "a blue square left of a red circle"; directional heads tell every word
-    # what comes before and after it from the first step.
-    rel_direction_init: float = 0.0
     rope_theta: float = 10000.0
     causal: bool = True
     cross_attention: bool = False
@@ -241,10 +260,6 @@ class TransformerConfig(Config):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
-        if self.rel_direction_init and (self.position != "relative" or self.causal or self.n_heads < 2):
-            raise ConfigError("rel_direction_init needs position 'relative', a bidirectional stack (causal false) "
-                              f"and at least 2 heads (got position {self.position!r}, causal {self.causal}, "
-                              f"{self.n_heads} heads)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -279,13 +294,21 @@ class BERTConfig(TransformerConfig):
 
 @dataclass(frozen=True)
 class TextEncoderConfig(TransformerConfig):
-    """A T5-style encoder: RMSNorm, no biases, relative-position buckets, unscaled attention."""
+    """A T5-style encoder: RMSNorm, no biases, unscaled attention, gated-GELU; rotary positions.
 
+    The defaults are the shipped text-to-image recipe (a 2-layer, width-128 encoder of word
+    tokens). A real T5 (``mmgen.models.hf.load_t5_encoder``) sets ``position="relative"``.
+    """
+
+    max_len: int = 32
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
     causal: bool = False
     norm: NormKind = "rmsnorm"
     norm_eps: float = 1e-6
     bias: bool = False
-    position: PositionKind = "relative"
+    position: PositionKind = "rope"
     attn_scale: Optional[float] = 1.0
     activation: Activation = "geglu_tanh"
     tie_embeddings: bool = False
@@ -293,11 +316,11 @@ class TextEncoderConfig(TransformerConfig):
     # tokens' own (normalised) input embeddings, (B, 2T, D). Contextual states bind words to one
     # another (which colour goes with which shape); the embeddings stay one word each, so a
     # colour-shape pair never seen in training is still read as its two words.
-    context_embeddings: bool = False
+    context_embeddings: bool = True
     # With context_embeddings: each embedding also carries its token's place in the caption (a
     # learned table of max_len rows), so the decoder can read "the colour before 'left of'" from
     # the words themselves; the states, and so the encoder, are unchanged.
-    context_positions: bool = False
+    context_positions: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -307,52 +330,41 @@ class TextEncoderConfig(TransformerConfig):
 
 @dataclass(frozen=True)
 class ImageDecoderConfig(TransformerConfig):
-    """The causal transformer over VQ codes, conditioned on text-encoder states.
+    """The causal transformer over VQ codes, conditioned on text-encoder states by cross-attention.
 
     ``vocab_size`` must be ``codebook_size + 1``: the extra id is the start token, and the model
-    predicts codes only. The sequence is the ``grid_h × grid_w`` code grid, in the order
-    ``code_order`` says (:func:`mmgen.models.image_decoder.generation_order`).
+    predicts codes only. The sequence is the ``grid_h × grid_w`` code grid, row by row. The
+    defaults are the shipped shapes recipe: a 4-layer, width-128 decoder over the 9 × 9 codes of
+    a 768-code VQ (``configs/vq_shapes.yaml``).
     """
 
-    codebook_size: int = 512
-    grid_h: int = 8
-    grid_w: int = 8
-    context_dim: int = 256  # width of the text-encoder states
-    context_len: int = 32  # longest text (the null context and prefix mode are sized by it)
-    conditioning: Literal["cross", "prefix"] = "cross"  # cross-attention, or text states as a prefix
+    removed = {
+        **TransformerConfig.removed,
+        "conditioning": "cross", "code_order": "raster", "coarse_stride": 3, "coarse_offset": None,
+        "sketch_loss_weight": 1.0, "code_patch_dim": 192, "code_latent": False, "code_mlp_dim": 256,
+    }
+
+    codebook_size: int = 768  # the VQ's
+    grid_h: int = 9  # code grid rows (image height / the VQ's downsampling)
+    grid_w: int = 9
+    context_dim: int = 128  # width of the text-encoder states
+    context_len: int = 32  # longest text, in tokens (longer prompts are truncated with a notice)
     grid_position: Literal["learned", "rope"] = "learned"  # learned row + column tables, or 2-D RoPE
     caption_dropout: float = 0.1  # probability of training a row on the null context (for guidance)
-    # The order codes are generated in: "raster" (row by row), or "coarse": first a sketch, the
-    # codes at every coarse_stride-th row and column (offset coarse_stride // 2: on a 9 x 9 grid at
-    # stride 3, the centres of a 3 x 3 layout), then the others row by row. Where things go is
-    # decided in a few codes that all see one another, before any detail is drawn.
-    code_order: Literal["raster", "coarse"] = "raster"
-    coarse_stride: int = 3
-    # "coarse": the sketch's (row, column) offset within each stride x stride block; unset: the
-    # centre (coarse_stride // 2 both ways)
-    coarse_offset: Optional[tuple[int, int]] = None
-    # "coarse": the training loss weighs each sketch code this many times a detail code (a
-    # weighted mean). Where an object goes is learnt from the sketch codes alone: once the sketch
-    # is given, the details around it are nearly certain and teach little about positions.
-    sketch_loss_weight: float = 1.0
-    # How a code is represented, in and out: "table" (a free vector per code, and a free output
-    # row) or "pixels" (an MLP of the code's decoded patch, the same vectors for input and output
-    # logits): codes that look alike get alike vectors, so a code never seen as a training target
-    # can still be drawn (held-out colour-shape pairs need such codes).
-    # Or "factors" (mmgen.models.code_factors): the code's source patch as dark colour, light colour
-    # and bitmap, one embedding table and one output head per factor, logits summed; codes with the
-    # same factors share one canonical code.
-    code_embedding: Literal["table", "pixels", "factors"] = "table"
+    # How a code is represented, in and out: "table" (a free vector per code and a free output
+    # row), or "factors" (mmgen.models.code_factors): the code's source patch as dark colour,
+    # light colour and bitmap, one embedding table and one output head per factor, logits summed;
+    # codes with the same factors share one canonical code. Factors let the model draw codes it
+    # never saw as targets (held-out colour-shape pairs), but need two-tone patches: for a VQ
+    # whose codes are not (photos, garments), training falls back to "table".
+    code_embedding: Literal["table", "factors"] = "factors"
     # "factors": ids available per factor (dark colour, light colour incl. "one colour", bitmap);
     # a VQ needing more is refused when the factors are set
     code_factor_sizes: tuple[int, int, int] = (16, 17, 64)
-    code_patch_dim: int = 192  # "pixels": values in a decoded patch (3 x f x f; 3 x 8 x 8 for a x8 VQ)
-    # "pixels": also the code's VQ latent (+ code_dim values): tells apart codes whose lone patches
-    # are twins (about a third of a shapes VQ's codes), at some cost to generalisation
-    code_latent: bool = False
-    code_mlp_dim: int = 256  # "pixels": hidden width of the patch MLP
-    vocab_size: int = 513
-    max_len: int = 64
+    vocab_size: int = 769
+    max_len: int = 81
+    dim: int = 128
+    n_heads: int = 4
     position: PositionKind = "none"  # positions come from the grid (learned 2-D or 2-D RoPE)
     cross_attention: bool = True
 
@@ -360,22 +372,12 @@ class ImageDecoderConfig(TransformerConfig):
         super().__post_init__()
         if self.vocab_size != self.codebook_size + 1:
             raise ConfigError(f"vocab_size must be codebook_size + 1 = {self.codebook_size + 1}, got {self.vocab_size}")
-        needed = self.grid_h * self.grid_w + (self.context_len if self.conditioning == "prefix" else 0)
-        if self.max_len < needed:
-            raise ConfigError(f"max_len={self.max_len} is too small for the code grid (+ prefix): needs {needed}")
-        if self.cross_attention != (self.conditioning == "cross"):
-            raise ConfigError("cross_attention must be true exactly when conditioning is 'cross'")
+        if self.max_len < self.num_codes:
+            raise ConfigError(f"max_len={self.max_len} is too small for the code grid: needs {self.num_codes}")
+        if not self.cross_attention:
+            raise ConfigError("the image decoder reads the text by cross-attention: cross_attention must be true")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        if self.code_order == "coarse" and not 2 <= self.coarse_stride <= min(self.grid_h, self.grid_w):
-            raise ConfigError(f"coarse_stride must be in [2, {min(self.grid_h, self.grid_w)}] (the grid's shorter side), "
-                              f"got {self.coarse_stride}")
-        if self.coarse_offset is not None and not all(0 <= o < self.coarse_stride for o in self.coarse_offset):
-            raise ConfigError(f"coarse_offset must be two offsets in [0, coarse_stride={self.coarse_stride}), "
-                              f"got {self.coarse_offset}")
-        if self.sketch_loss_weight <= 0 or (self.sketch_loss_weight != 1.0 and self.code_order != "coarse"):
-            raise ConfigError(f"sketch_loss_weight must be > 0, and 1 unless code_order is 'coarse' "
-                              f"(got {self.sketch_loss_weight} with code_order {self.code_order!r})")
         if len(self.code_factor_sizes) != 3 or min(self.code_factor_sizes) < 1:
             raise ConfigError(f"code_factor_sizes must be three positive sizes, got {self.code_factor_sizes}")
 
@@ -392,32 +394,14 @@ class ImageDecoderConfig(TransformerConfig):
 class TextToImageConfig(Config):
     """The text-to-image model trained as one module: a text encoder and an image decoder."""
 
+    removed = {"word_order_loss_weight": 0.0, "context_words_dropout": 0.0}
+
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
     freeze_text_encoder: bool = False  # e.g. when starting from a pretrained BERT / T5 encoder
-    # Word-order loss on the text encoder (training only; batches must carry caption pairs, see
-    # mmgen.data.pretokenize.CodesDataset): a caption's mean-pooled states must lie nearer its
-    # converse ("b <converse relation> a": the same picture) than its mirror ("a <converse relation>
-    # b": the converse's words, the mirrored picture) and the batch's other converses (InfoNCE,
-    # temperature 0.1). The image loss alone left the encoder a bag of words: "which object is
-    # left" was a coin toss.
-    word_order_loss_weight: float = 0.0
-    # With text_encoder.context_embeddings: the probability that a training row hides the word
-    # embeddings from the decoder, which must then read everything, which object goes where
-    # included, from the contextual states. Given both, the decoder reads the embeddings and
-    # treats a caption as a bag of words (README, "What limits it").
-    context_words_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # Config: literal fields hold one of their values
-        if not self.word_order_loss_weight >= 0:
-            raise ConfigError(f"word_order_loss_weight must be >= 0, got {self.word_order_loss_weight}")
-        if not 0.0 <= self.context_words_dropout < 1.0:
-            raise ConfigError(f"context_words_dropout must be in [0, 1), got {self.context_words_dropout}")
-        if self.context_words_dropout and not self.text_encoder.context_embeddings:
-            raise ConfigError("context_words_dropout needs text_encoder.context_embeddings (the word embeddings it hides)")
-        if self.text_encoder.context_embeddings and self.image_decoder.conditioning != "cross":
-            raise ConfigError("text_encoder.context_embeddings doubles the text context: it needs image_decoder.conditioning 'cross'")
         if self.text_encoder.dim != self.image_decoder.context_dim:
             raise ConfigError(
                 f"image_decoder.context_dim ({self.image_decoder.context_dim}) must equal text_encoder.dim ({self.text_encoder.dim})"

@@ -22,9 +22,10 @@ CAPTIONS = [
 ]
 
 
-def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: str = "raster", **text_encoder):
-    """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ); ``text_encoder``
-    options (e.g. ``context_embeddings=True``) go to its TextEncoderConfig."""
+def make_tiny_pipeline(seed: int = 0, **text_encoder):
+    """A TextToImagePipeline with random weights: 16×16 images, 4×4 codes (×4 VQ), codes as a table
+    (random weights have no two-tone factors); ``text_encoder`` options (e.g.
+    ``context_embeddings=False``) go to its TextEncoderConfig."""
     from mmgen.config import ImageDecoderConfig, TextEncoderConfig
     from mmgen.models.image_decoder import ImageDecoder
     from mmgen.models.text_encoder import TextEncoder
@@ -39,8 +40,7 @@ def make_tiny_pipeline(seed: int = 0, conditioning: str = "cross", code_order: s
     dec = ImageDecoder(
         ImageDecoderConfig(
             codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=32, context_len=12,
-            max_len=16 + (12 if conditioning == "prefix" else 0), dim=32, n_layers=2, n_heads=4,
-            conditioning=conditioning, cross_attention=conditioning == "cross", code_order=code_order, coarse_stride=2,
+            max_len=16, dim=32, n_layers=2, n_heads=4, code_embedding="table",
         )
     )
     vq = VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=32, code_dim=4, mid_res_blocks=1))

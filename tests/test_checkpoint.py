@@ -109,7 +109,30 @@ def test_literal_fields_are_checked_however_a_config_is_made():
         TextEncoderConfig(position="sideways")  # directly, not only through from_dict / YAML
     with pytest.raises(ConfigError, match=r"GPTConfig\.norm: 'batchnorm'"):
         GPTConfig(**TINY).replace(norm="batchnorm")
-    with pytest.raises(ConfigError, match=r"ImageDecoderConfig\.code_order: 'spiral'"):
-        ImageDecoderConfig(code_order="spiral")
+    with pytest.raises(ConfigError, match=r"ImageDecoderConfig\.code_embedding: 'spiral'"):
+        ImageDecoderConfig(code_embedding="spiral")
     assert TextEncoderConfig(position="rope").position == "rope"
     assert VQConfig().to_dict() == VQConfig.from_dict(VQConfig().to_dict()).to_dict()  # a config's own values pass
+
+
+def test_old_configs_load_and_removed_options_are_named(tmp_path):
+    """A config.json written before the redesign holds every removed option at its "off" value and
+    still loads; one that used a removed option is refused with its name and the commit that has it."""
+    import json
+
+    from mmgen.config import REMOVED_IN, ConfigError, ImageDecoderConfig, TextToImageConfig
+
+    old = {**ImageDecoderConfig().to_dict(), "rel_direction_init": 0.0, "conditioning": "cross", "code_order": "raster",
+           "coarse_stride": 3, "coarse_offset": None, "sketch_loss_weight": 1.0, "code_patch_dim": 192,
+           "code_latent": False, "code_mlp_dim": 256}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"_class": "ImageDecoderConfig", **old}))
+    assert ImageDecoderConfig.from_json(path) == ImageDecoderConfig()
+    path.write_text(json.dumps({"_class": "ImageDecoderConfig", **old, "code_order": "coarse"}))
+    with pytest.raises(ConfigError, match=rf"code_order='coarse'.*removed.*{REMOVED_IN}"):
+        ImageDecoderConfig.from_json(path)
+    with pytest.raises(ConfigError, match="model.word_order_loss_weight=0.5: this option was removed"):
+        TextToImageConfig.from_dict({"word_order_loss_weight": 0.5}, _where="model")
+    assert TextToImageConfig.from_dict({"word_order_loss_weight": 0.0, "context_words_dropout": 0}) == TextToImageConfig()
+    with pytest.raises(ConfigError, match="rel_direction_init=2.0"):
+        GPTConfig.from_dict({**TINY, "rel_direction_init": 2.0})

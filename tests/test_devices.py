@@ -66,9 +66,9 @@ def test_pipeline_to_bf16_keeps_the_vq_in_fp32_and_stays_close():
     assert next(pipe.text_encoder.parameters()).dtype == torch.bfloat16
     assert next(pipe.vq.parameters()).dtype == torch.float32
     assert (low - ref).abs().max() < 0.05 * ref.std() + 0.02
-    images = pipe(["a red circle"], num_images=2, seed=0)
+    images = pipe(["a red circle"], num_images=2, seed=0).images
     assert [im.size for im in images] == [(16, 16)] * 2
-    images = pipe(["a red circle"], num_images=2, seed=0)
+    images = pipe(["a red circle"], num_images=2, seed=0).images
     assert [im.size for im in images] == [(16, 16)] * 2
 
 
@@ -99,17 +99,17 @@ def test_cuda_bf16_sampling_runs_on_flash_attention():
 
     pipe = make_tiny_pipeline().to("cuda", torch.bfloat16)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # raises if an attention call cannot use flash
-        images = pipe(["a red circle", "a blue square"], num_images=2, guidance_scale=2.0, seed=0)
+        images = pipe(["a red circle", "a blue square"], num_images=2, guidance_scale=2.0, seed=0).images
     assert len(images) == 4
 
 
 @cuda
 def test_cuda_same_seed_same_image_at_batch_1_and_4():
     pipe = make_tiny_pipeline().to("cuda")
-    one = pipe("a red circle", num_images=1, seed=5)[0]
-    four = pipe("a red circle", num_images=4, seed=5)[0]
+    one = pipe("a red circle", num_images=1, seed=5).images[0]
+    four = pipe("a red circle", num_images=4, seed=5).images[0]
     assert one.tobytes() == four.tobytes()
-    ranked = pipe("a red circle", num_images=2, seed=5, candidates=4)  # reranking indexes on the GPU too
+    ranked = pipe("a red circle", num_images=2, seed=5, candidates=4).images  # reranking indexes on the GPU too
     assert len(ranked) == 2
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_tiny_pipeline
 from mmgen.checkpoint import CheckpointError
 from mmgen.config import ConfigError, ImageDecoderConfig, TextEncoderConfig, TextToImageConfig
-from mmgen.models.image_decoder import ImageDecoder, generation_order
+from mmgen.models.image_decoder import ImageDecoder
 from mmgen.models.text_to_image import TextToImage
 from mmgen.nn.kv_cache import KVCache
 from mmgen.pipelines import TextToImagePipeline, read_png_metadata, save_png
@@ -19,19 +20,14 @@ from mmgen.sampling.image import Cancelled, sample_image_codes
 from mmgen.sampling.processors import SamplingParams, make_generators
 
 
-def _decoder(conditioning="cross", grid_position="learned", code_embedding="table", code_order="raster"):
+def _decoder(grid_position="learned", code_embedding="table"):
     torch.manual_seed(0)
     dec = ImageDecoder(
         ImageDecoderConfig(
             codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
-            max_len=22, dim=32, n_layers=2, n_heads=4, conditioning=conditioning,
-            cross_attention=conditioning == "cross", grid_position=grid_position,
-            code_embedding=code_embedding, code_patch_dim=48, code_mlp_dim=16,
-            code_order=code_order, coarse_stride=2,
+            max_len=16, dim=32, n_layers=2, n_heads=4, grid_position=grid_position, code_embedding=code_embedding,
         )
     ).eval()
-    if code_embedding == "pixels":
-        dec.code_pixels.copy_(torch.rand(32, 48) * 2 - 1)
     if code_embedding == "factors":
         factors = torch.stack([torch.arange(32) % 3, torch.arange(32) // 3 % 4, torch.arange(32) // 12], 1)
         factors[31] = factors[30]  # a code with another's factors: 30 is drawn for both
@@ -41,128 +37,33 @@ def _decoder(conditioning="cross", grid_position="learned", code_embedding="tabl
     return dec
 
 
-@pytest.mark.parametrize("conditioning,grid_position,code_embedding", [
-    ("cross", "learned", "table"), ("cross", "rope", "table"), ("prefix", "learned", "table"),
-    ("prefix", "rope", "table"), ("cross", "learned", "pixels"), ("prefix", "rope", "pixels"),
-    ("cross", "learned", "factors"), ("prefix", "rope", "factors"), ("cross", "learned", "coarse"),
-    ("prefix", "rope", "coarse"),
+@pytest.mark.parametrize("grid_position,code_embedding", [
+    ("learned", "table"), ("rope", "table"), ("learned", "factors"), ("rope", "factors"),
 ])
-def test_cached_equals_uncached_logits(conditioning, grid_position, code_embedding):
-    if code_embedding == "coarse":  # a table of codes, generated coarse-first
-        dec = _decoder(conditioning, grid_position, "table", code_order="coarse")
-    else:
-        dec = _decoder(conditioning, grid_position, code_embedding)
+def test_cached_equals_uncached_logits(grid_position, code_embedding):
+    dec = _decoder(grid_position, code_embedding)
     codes = torch.randint(0, 32, (2, 16))
     inp = torch.cat([torch.full((2, 1), 32), codes[:, :-1]], 1)
     ctx, mask = torch.randn(2, 5, 24), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     with torch.no_grad():
         full, _ = dec(inp, ctx, mask)
-        cache = KVCache.for_config(dec.config, 2, max_len=dec.cache_len())
+        cache = KVCache.for_config(dec.config, 2, max_len=dec.config.num_codes)
         steps = [dec(inp[:, :3], ctx, mask, cache=cache)[0]]
         steps += [dec(inp[:, t : t + 1], ctx, mask, cache=cache, start=t)[0] for t in range(3, 16)]
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
 
 
-def test_coarse_order_sketches_the_layout_first():
-    cfg = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=9, grid_w=9, max_len=81, code_order="coarse")
-    order = generation_order(cfg).tolist()
-    # the centres of the 3 x 3 cells, row by row, then every other position row by row
-    assert order[:9] == [10, 13, 16, 37, 40, 43, 64, 67, 70]
-    assert sorted(order) == list(range(81)) and order[9:] == sorted(order[9:])
-    assert generation_order(cfg.replace(code_order="raster")).tolist() == list(range(81))
-    # the top-middle code of each cell instead (where a shape's top edge is drawn)
-    top = cfg.replace(coarse_offset=(0, 1), sketch_loss_weight=2.0)
-    assert generation_order(top).tolist()[:9] == [1, 4, 7, 28, 31, 34, 55, 58, 61]
-    assert ImageDecoder(top.replace(dim=32, n_heads=4, n_layers=1)).sketch_len == 9
-    with pytest.raises(ConfigError, match="coarse_offset"):
-        cfg.replace(coarse_offset=(0, 3))
-    with pytest.raises(ConfigError, match="coarse_stride"):
-        cfg.replace(coarse_stride=10)
-    with pytest.raises(ConfigError, match="code_order"):  # as a YAML or bundle would give it
-        ImageDecoderConfig.from_dict({**cfg.to_dict(), "code_order": "spiral"})
-
-
-def test_sketch_loss_weight_is_a_weighted_mean_over_the_sketch_and_the_rest():
-    import torch.nn.functional as F
-
-    cfg = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=6, grid_w=6, context_dim=16, max_len=36, dim=32,
-                             n_layers=1, n_heads=4, code_order="coarse", coarse_stride=3, sketch_loss_weight=5.0)
-    torch.manual_seed(0)
-    dec = ImageDecoder(cfg)
-    assert dec.sketch_len == 4  # rows and columns 1 and 4
-    codes, ctx = torch.randint(0, 32, (2, 36)), torch.randn(2, 3, 16)
-    codes_in, targets = dec.teacher_forcing(codes)
-    logits, loss = dec(codes_in, ctx, labels=targets)
-    ce = F.cross_entropy(logits.reshape(-1, 32), targets.reshape(-1), reduction="none").view(2, 36)
-    sketch, rest = ce[:, :4], ce[:, 4:]
-    assert torch.allclose(loss, (5 * sketch.sum() + rest.sum()) / (2 * (5 * 4 + 32)))
-    unweighted = ImageDecoder(cfg.replace(sketch_loss_weight=1.0))
-    unweighted.load_state_dict(dec.state_dict())
-    assert torch.allclose(unweighted(codes_in, ctx, labels=targets)[1], ce.mean())
-    with pytest.raises(ConfigError, match="sketch_loss_weight"):
-        cfg.replace(code_order="raster")
-    with pytest.raises(ConfigError, match="sketch_loss_weight"):
-        cfg.replace(sketch_loss_weight=0.0)
-
-
-@pytest.mark.parametrize("code_order", ["raster", "coarse"])
-def test_sampling_draws_each_code_where_training_predicts_it(code_order):
+def test_sampling_draws_each_code_where_training_predicts_it():
     """Greedy sampling and a teacher-forced forward agree: every sampled code is the argmax of
     the training-time logits at the step that predicts its grid position."""
-    dec = _decoder(code_embedding="table", code_order=code_order)
+    dec = _decoder(code_embedding="table")
     ctx, mask = torch.randn(3, 5, 24), torch.ones(3, 5, dtype=torch.long)
-    codes = sample_image_codes(dec, ctx, mask, SamplingParams(top_k=1))  # (3, 16) grid order
+    codes = sample_image_codes(dec, ctx, mask, SamplingParams(top_k=1))  # (3, 16)
     codes_in, targets = dec.teacher_forcing(codes)
     with torch.no_grad():
         logits, _ = dec(codes_in, ctx, mask)
     assert torch.equal(logits.argmax(-1), targets)
-    assert torch.equal(dec.to_grid(targets), codes)
-    if code_order == "coarse":  # the targets really are permuted: grid positions 5, 7, 13, 15 first
-        assert torch.equal(targets[:, :4], codes[:, [5, 7, 13, 15]])
-
-
-def test_pixel_code_vectors_come_from_the_vq_patches_and_survive_save_load(tmp_path):
-    from mmgen.models.vq import VQConfig, VQModel
-
-    torch.manual_seed(0)
-    vq = VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=32, code_dim=4, mid_res_blocks=1)).eval()
-    dec = _decoder(code_embedding="pixels")
-    dec.set_code_pixels(vq)
-    # code 5's row is the centre 4x4 patch of a 3x3 grid of code 5, decoded
-    with torch.no_grad():
-        patch = vq.decode(torch.full((1, 3, 3), 5))[0, :, 4:8, 4:8].reshape(-1)
-    assert torch.allclose(dec.code_pixels[5], patch, atol=1e-6)
-    assert dec.head is None and dec.trunk.tok_emb is None
-    # the logits are the hidden states against the code vectors: two codes with the same patch
-    # get the same logit, whatever was trained on either
-    dec.code_pixels[7] = dec.code_pixels[3]
-    ctx, mask = torch.randn(1, 5, 24), torch.ones(1, 5, dtype=torch.long)
-    with torch.no_grad():
-        logits, _ = dec(torch.full((1, 1), 32), ctx, mask)
-    assert torch.allclose(logits[0, 0, 7], logits[0, 0, 3])
-    dec.save_pretrained(tmp_path / "dec")
-    again = ImageDecoder.from_pretrained(tmp_path / "dec").eval()
-    assert torch.equal(again.code_pixels, dec.code_pixels)
-    with torch.no_grad():
-        assert torch.equal(again(torch.full((1, 1), 32), ctx, mask)[0], logits)
-    latent = ImageDecoder(dec.config.replace(code_latent=True, code_patch_dim=48 + 4))
-    latent.set_code_pixels(vq)  # the patch, then the code's (normalised) VQ latent
-    assert torch.allclose(latent.code_pixels[5, :48], patch, atol=1e-6)
-    assert torch.allclose(latent.code_pixels[:, 48:], vq.quantizer.normalized_codebook(), atol=1e-6)
-    with pytest.raises(ValueError, match="does not fit"):
-        _decoder(code_embedding="pixels").set_code_pixels(
-            VQModel(VQConfig(image_size=16, channels=8, channel_mult=(1, 2), codebook_size=16, code_dim=4, mid_res_blocks=1)))
-
-
-def test_pixel_code_vectors_are_cached_only_while_weights_are_unchanged():
-    dec = _decoder(code_embedding="pixels")
-    with torch.inference_mode():
-        first = dec.code_vectors()
-        assert dec.code_vectors() is first
-    with torch.no_grad():
-        dec.code_mlp[3].bias.add_(1.0)
-    with torch.inference_mode():
-        assert torch.allclose(dec.code_vectors(), first + 1.0, atol=1e-6)
+    assert torch.equal(targets, codes)
 
 
 def test_guidance_scale_one_equals_conditional_sampling():
@@ -193,10 +94,10 @@ def test_guidance_combines_conditional_and_unconditional_logits():
 
 def test_same_seed_same_image_at_batch_1_and_4():
     pipe = make_tiny_pipeline()
-    single = pipe("a small red circle", num_images=1, seed=11)[0]
-    four = pipe("a small red circle", num_images=4, seed=10)
+    single = pipe("a small red circle", num_images=1, seed=11).images[0]
+    four = pipe("a small red circle", num_images=4, seed=10).images
     assert single.tobytes() == four[1].tobytes()  # image 1 of the batch uses seed 10 + 1
-    again = pipe("a small red circle", num_images=1, seed=11)[0]
+    again = pipe("a small red circle", num_images=1, seed=11).images[0]
     assert single.tobytes() == again.tobytes()
     assert single.size == pipe.image_size == (16, 16)
 
@@ -207,8 +108,8 @@ def test_candidates_keep_the_most_likely_of_the_samples():
 
     pipe = make_tiny_pipeline()
     prompt, C = "a small red circle", 4
-    assert pipe(prompt, seed=3)[0].tobytes() == pipe(prompt, seed=3, candidates=1)[0].tobytes()
-    best = pipe(prompt, num_images=1, seed=3, candidates=C)[0]
+    assert pipe(prompt, seed=3).images[0].tobytes() == pipe(prompt, seed=3, candidates=1).images[0].tobytes()
+    best = pipe(prompt, num_images=1, seed=3, candidates=C).images[0]
     # the same candidates by hand: candidate j of image 0 draws from seed 3 + j * (MAX_SEED + 1)
     states, mask = pipe.encode_prompts([prompt] * C)
     gens = [make_generators(3 + j * (MAX_SEED + 1), 1)[0] for j in range(C)]
@@ -216,11 +117,13 @@ def test_candidates_keep_the_most_likely_of_the_samples():
                                generators=gens)
     scores = pipe.log_likelihood(states, mask, codes)
     assert len(set(scores.tolist())) > 1  # the candidates differ, so the choice matters
-    images = pipe.decode_codes(codes)
-    assert best.tobytes() == images[int(scores.argmax())].tobytes()
-    # and it is the same whatever else is in the batch
-    batch = pipe([prompt, "a blue square"], num_images=2, seed=3, candidates=C)
-    assert batch[0].tobytes() == best.tobytes()
+    chosen = int(scores.argmax())  # decoded alone, as the pipeline decodes its one image
+    assert best.tobytes() == pipe.decode_codes(codes[chosen : chosen + 1])[0].tobytes()
+    # and the same candidate wins whatever else is in the batch: other codes would change whole
+    # patches; the VQ's convolutions may round one level apart at another batch size
+    batch = pipe([prompt, "a blue square"], num_images=2, seed=3, candidates=C).images
+    diff = np.abs(np.asarray(batch[0], dtype=int) - np.asarray(best, dtype=int))
+    assert diff.max() <= 1
     assert json.loads(best.info["mmgen"])["candidates"] == C
 
 
@@ -273,12 +176,11 @@ def test_previews_arrive_with_grey_unsampled_rows():
     assert all(first.getpixel((x, 15)) == (128, 128, 128) for x in range(16))
 
 
-@pytest.mark.parametrize("code_order", ["raster", "coarse"])
-def test_completion_keeps_the_given_rows_exactly(code_order):
-    pipe = make_tiny_pipeline(code_order=code_order)
-    source = pipe("a green triangle", seed=3)[0]
+def test_completion_keeps_the_given_rows_exactly():
+    pipe = make_tiny_pipeline()
+    source = pipe("a green triangle", seed=3).images[0]
     codes = pipe.encode_image(source)
-    out = pipe.complete(source, keep_rows=2, prompt="a large blue square", num_images=3, seed=5)
+    out = pipe.complete(source, keep_rows=2, prompt="a large blue square", num_images=3, seed=5).images
     assert len(out) == 3 and read_png_metadata(out[0])["keep_rows"] == 2
     # the sampled codes keep the prefix exactly (pixels are decoded from them)
     dec = pipe.image_decoder
@@ -294,8 +196,8 @@ def test_pipeline_save_load_gives_identical_images(tmp_path):
     pipe = make_tiny_pipeline()
     pipe.save_pretrained(tmp_path / "bundle")
     loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
-    a = pipe("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0)
-    b = loaded("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0)
+    a = pipe("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0).images
+    b = loaded("a yellow circle to the left of a purple square", num_images=2, seed=4, guidance_scale=2.0).images
     assert [i.tobytes() for i in a] == [i.tobytes() for i in b]
     assert loaded.defaults["top_k"] == 8
 
@@ -314,8 +216,8 @@ def test_prompt_rewrite_reads_prompts_as_trained_and_survives_save_load(tmp_path
     assert index["prompt_rewrite"] == "canonical_relations"
     loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
     assert loaded.prompt_rewrite == "canonical_relations" and "prompt_rewrite" not in loaded.extras
-    a = loaded(prompt, num_images=2, seed=3)
-    b = loaded(canonical, num_images=2, seed=3)
+    a = loaded(prompt, num_images=2, seed=3).images
+    b = loaded(canonical, num_images=2, seed=3).images
     assert [i.tobytes() for i in a] == [i.tobytes() for i in b]
     assert read_png_metadata(save_png(a[0], tmp_path / "a.png"))["prompt"] == prompt  # the user's words are kept
     tokens, _ = loaded.cross_attention_maps(prompt, a[0])
@@ -329,7 +231,7 @@ def test_prompt_rewrite_reads_prompts_as_trained_and_survives_save_load(tmp_path
 
 def test_png_metadata_round_trip(tmp_path):
     pipe = make_tiny_pipeline()
-    img = pipe("a white triangle", negative_prompt="blue", num_images=1, seed=2**53 - 5, guidance_scale=2.5, top_p=0.9)[0]
+    img = pipe("a white triangle", negative_prompt="blue", num_images=1, seed=2**53 - 5, guidance_scale=2.5, top_p=0.9).images[0]
     path = save_png(img, tmp_path / "x.png")
     meta = read_png_metadata(path)
     assert meta["prompt"] == "a white triangle" and meta["negative_prompt"] == "blue"
@@ -408,7 +310,7 @@ def test_text_to_image_training_forward_and_caption_dropout():
 
 
 def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
-    pipe = make_tiny_pipeline(context_embeddings=True)
+    pipe = make_tiny_pipeline(context_embeddings=True, context_positions=False)
     enc = pipe.text_encoder
     prompts = ["a red circle", "a small blue square at the top left"]
     context, mask = pipe.encode_prompts(prompts)
@@ -427,7 +329,7 @@ def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
     loaded = TextToImagePipeline.from_pretrained(tmp_path / "bundle")
     assert loaded.text_encoder.config.context_embeddings
     kw = dict(num_images=2, seed=3, guidance_scale=2.0, negative_prompt="a green triangle at the bottom")
-    assert [i.tobytes() for i in pipe(prompts[1], **kw)] == [i.tobytes() for i in loaded(prompts[1], **kw)]
+    assert [i.tobytes() for i in pipe(prompts[1], **kw).images] == [i.tobytes() for i in loaded(prompts[1], **kw).images]
     # training: the decoder reads both halves, the null context stands in for both
     cfg = TextToImageConfig(
         text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True),
@@ -439,9 +341,6 @@ def test_context_embeddings_put_each_word_beside_the_states(tmp_path):
     _, loss = model(torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16)))
     loss.backward()
     assert model.text_encoder.context_norm.weight.grad.abs().sum() > 0
-    with pytest.raises(ConfigError, match="context_embeddings"):
-        TextToImageConfig(text_encoder=cfg.text_encoder, image_decoder=cfg.image_decoder.replace(
-            conditioning="prefix", cross_attention=False, max_len=22))
 
 
 def test_context_positions_place_each_word_and_leave_the_states(tmp_path):
@@ -482,164 +381,25 @@ def test_context_positions_place_each_word_and_leave_the_states(tmp_path):
     assert model.text_encoder.context_pos.grad[:6].abs().sum(-1).gt(0).all()
     assert model.text_encoder.context_pos.grad[6:].abs().sum() == 0  # places past the caption stay put
     with pytest.raises(ConfigError, match="context_positions needs context_embeddings"):
-        TextEncoderConfig(context_positions=True)
-
-
-@pytest.mark.parametrize("p", [0.0, 0.999])
-def test_context_words_dropout_leaves_rows_only_the_states(p):
-    enc = TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, context_embeddings=True)
-    dec = ImageDecoderConfig(codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=6,
-                             max_len=16, dim=32, n_layers=1, n_heads=4, caption_dropout=0.0)
-    torch.manual_seed(0)
-    model = TextToImage(TextToImageConfig(text_encoder=enc, image_decoder=dec, context_words_dropout=p)).train()
-    ids, mask, codes = torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.randint(0, 32, (8, 16))
-
-    def logits():
-        torch.manual_seed(1)  # the same rows hidden each time
-        return model(ids, mask, codes)[0]
-
-    before = logits()
-    with torch.no_grad():
-        model.text_encoder.context_norm.weight.mul_(3.0)  # scales only the word-embedding half
-    after = logits()
-    if p:  # every row hid its word embeddings: the decoder read the states alone
-        torch.testing.assert_close(before, after)
-    else:
-        assert not torch.allclose(before, after)
-    model.eval()  # never at inference: there the embeddings count
-    with torch.no_grad():
-        a = model(ids, mask, codes)[0]
-        model.text_encoder.context_norm.weight.mul_(3.0)
-        assert not torch.allclose(a, model(ids, mask, codes)[0])
-    with pytest.raises(ConfigError, match="context_words_dropout needs"):
-        TextToImageConfig(text_encoder=enc.replace(context_embeddings=False), image_decoder=dec, context_words_dropout=0.5)
-    with pytest.raises(ConfigError, match=r"context_words_dropout must be in \[0, 1\)"):
-        TextToImageConfig(text_encoder=enc, image_decoder=dec, context_words_dropout=1.0)
-
-
-def _word_order_model(weight, caption_dropout=0.0):
-    cfg = TextToImageConfig(
-        text_encoder=TextEncoderConfig(vocab_size=50, max_len=16, dim=24, n_layers=1, n_heads=4, position="rope"),
-        image_decoder=ImageDecoderConfig(
-            codebook_size=32, vocab_size=33, grid_h=4, grid_w=4, context_dim=24, context_len=8, max_len=16,
-            dim=32, n_layers=1, n_heads=4, caption_dropout=caption_dropout,
-        ),
-        word_order_loss_weight=weight,
-    )
-    torch.manual_seed(0)
-    return TextToImage(cfg)
-
-
-def _pair_batch(rows=(0, 2, 3)):
-    g = torch.Generator().manual_seed(1)
-    B, P = 5, len(rows)
-    batch = {"text_ids": torch.randint(1, 50, (B, 7), generator=g), "text_mask": torch.ones(B, 7, dtype=torch.long),
-             "codes": torch.randint(0, 32, (B, 16), generator=g), "pair_rows": torch.tensor(rows, dtype=torch.long),
-             "converse_ids": torch.randint(1, 50, (P, 8), generator=g), "mirror_ids": torch.randint(1, 50, (P, 8), generator=g)}
-    batch["text_mask"][1, 5:] = 0
-    batch["converse_mask"] = torch.ones(P, 8, dtype=torch.long)
-    batch["mirror_mask"] = torch.ones(P, 8, dtype=torch.long)
-    if P:
-        batch["converse_mask"][0, 6:] = 0
-    return batch
-
-
-def _manual_word_order_loss(model, batch):
-    """InfoNCE written out: pooled caption i against pooled converses then mirrors, target i."""
-    def pooled(ids, mask):
-        h = model.text_encoder(ids, mask)[0]
-        v = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return v / v.norm(dim=-1, keepdim=True)
-
-    rows = batch["pair_rows"]
-    a = pooled(batch["text_ids"][rows], batch["text_mask"][rows])
-    c = pooled(batch["converse_ids"], batch["converse_mask"])
-    m = pooled(batch["mirror_ids"], batch["mirror_mask"])
-    logits = torch.cat([a @ c.T, a @ m.T], 1) / 0.1
-    return -logits.log_softmax(-1).diagonal().mean()
-
-
-@pytest.mark.parametrize("caption_dropout", [0.0, 0.9])
-def test_word_order_loss_is_infonce_of_caption_against_converses_and_mirrors(caption_dropout):
-    """Training loss = image loss + weight x InfoNCE on the encoder's pooled states (of the caption, not
-    of the null context a dropped caption is replaced by); evaluation leaves it out."""
-    batch = _pair_batch()
-    plain = _word_order_model(0.0, caption_dropout).train()
-    model = _word_order_model(0.7, caption_dropout).train()
-    torch.manual_seed(5)
-    _, image_loss = plain(**batch)
-    torch.manual_seed(5)  # the same caption dropout draw
-    _, loss = model(**batch)
-    aux = _manual_word_order_loss(model, batch)
-    assert aux.item() > 0.1
-    torch.testing.assert_close(loss, image_loss + 0.7 * aux, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    assert model.text_encoder.trunk.tok_emb.weight.grad.abs().sum() > 0
-    model.eval()
-    _, eval_loss = model(**batch)
-    _, eval_plain = plain.eval()(**batch)
-    torch.testing.assert_close(eval_loss, eval_plain)
-
-
-def test_word_order_loss_without_pairs_adds_nothing_and_still_backpropagates():
-    model = _word_order_model(1.0).train()
-    batch = _pair_batch(rows=())
-    _, loss = model(**batch)
-    _, image_loss = _word_order_model(0.0).train()(**{k: batch[k] for k in ("text_ids", "text_mask", "codes")})
-    torch.testing.assert_close(loss, image_loss)
-    loss.backward()
-
-
-def test_word_order_loss_pulls_a_caption_to_its_converse_and_away_from_its_mirror():
-    """Steps on the word-order loss alone raise cos(caption, converse) - cos(caption, mirror)."""
-    from mmgen.models.text_encoder import mean_pool
-
-    model = _word_order_model(1.0).train()
-    batch = _pair_batch()
-    rows = batch["pair_rows"]
-
-    def margin():
-        with torch.no_grad():
-            a = mean_pool(model.encode_text(batch["text_ids"][rows], batch["text_mask"][rows]), batch["text_mask"][rows])
-            c = mean_pool(model.encode_text(batch["converse_ids"], batch["converse_mask"]), batch["converse_mask"])
-            m = mean_pool(model.encode_text(batch["mirror_ids"], batch["mirror_mask"]), batch["mirror_mask"])
-        return ((a * c).sum(-1) - (a * m).sum(-1)).mean().item()
-
-    before = margin()
-    opt = torch.optim.Adam(model.text_encoder.parameters(), lr=3e-3)
-    for _ in range(30):
-        states = model.encode_text(batch["text_ids"], batch["text_mask"])
-        pairs = torch.cat([batch["converse_ids"], batch["mirror_ids"]]), torch.cat([batch["converse_mask"], batch["mirror_mask"]])
-        loss = model.word_order_loss(states[rows], batch["text_mask"][rows], *pairs)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert margin() > before + 0.2
-
-
-def test_word_order_loss_weight_must_not_be_negative():
-    with pytest.raises(ConfigError, match="word_order_loss_weight"):
-        TextToImageConfig(word_order_loss_weight=-0.1)
+        TextEncoderConfig(context_embeddings=False, context_positions=True)
 
 
 @pytest.mark.parametrize("context_embeddings", [False, True])
 def test_cross_attention_maps_cover_prompt_tokens(context_embeddings):
-    pipe = make_tiny_pipeline(context_embeddings=context_embeddings)
-    img = pipe("a small red circle", seed=0)[0]
+    pipe = make_tiny_pipeline(context_embeddings=context_embeddings, context_positions=context_embeddings)
+    img = pipe("a small red circle", seed=0).images[0]
     tokens, maps = pipe.cross_attention_maps("a small red circle", img)
     assert tokens[:4] == ["a", "small", "red", "circle"]
     assert maps.shape == (len(tokens), 4, 4)
     assert torch.allclose(maps.sum(0), torch.ones(4, 4), atol=1e-4)  # each code's attention sums to 1
 
 
-@pytest.mark.parametrize("code_order", ["raster", "coarse"])
-def test_cross_attention_maps_put_each_step_at_its_grid_position(code_order):
-    pipe = make_tiny_pipeline(code_order=code_order)
-    img = pipe("a small red circle", seed=0)[0]
+def test_cross_attention_maps_put_the_first_step_at_the_first_code():
+    pipe = make_tiny_pipeline(context_embeddings=False, context_positions=False)  # one context row per token
+    img = pipe("a small red circle", seed=0).images[0]
     tokens, maps = pipe.cross_attention_maps("a small red circle", img)
     dec = pipe.image_decoder
-    # the first step (the start token's query) predicts the first code of the order: position 0 in
-    # raster order, the first sketch code (row 1, column 1 at stride 2) in coarse order
+    # the first step (the start token's query) predicts the first code, at row 0, column 0
     states, mask = pipe.encode_prompts(["a small red circle"])
     modules = [b.cross_attn for b in dec.trunk.blocks]
     for m in modules:
@@ -649,15 +409,13 @@ def test_cross_attention_maps_put_each_step_at_its_grid_position(code_order):
     first = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)[0, : len(tokens)]  # (T,)
     for m in modules:
         m.record_weights, m.last_weights = False, None
-    r, c = divmod(int(dec.order[0]), 4)
-    assert (r, c) == ((0, 0) if code_order == "raster" else (1, 1))
-    assert torch.allclose(maps[:, r, c], first, atol=1e-5)
+    assert torch.allclose(maps[:, 0, 0], first, atol=1e-5)
 
 
 def test_text_encoder_starts_from_bert_and_t5_folders(tmp_path):
     from mmgen.config import BERTConfig
     from mmgen.models.bert import BERT
-    from mmgen.models.text_encoder import load_text_encoder
+    from mmgen.models.hf import load_text_encoder
 
     torch.manual_seed(0)
     bert = BERT(BERTConfig(vocab_size=40, max_len=16, dim=24, n_layers=2, n_heads=4)).eval()

@@ -234,6 +234,9 @@ def t5_encoder_config(hf: dict) -> TextEncoderConfig:
         rel_buckets=hf.get("relative_attention_num_buckets", 32),
         rel_max_distance=hf.get("relative_attention_max_distance", 128),
         pad_token_id=hf.get("pad_token_id") or 0,
+        position="relative",  # T5's bucketed relative-position bias, shared from layer 0
+        context_embeddings=False,  # the encoder as T5 has it; the t2i config says what a decoder reads
+        context_positions=False,
     )
 
 
@@ -277,3 +280,36 @@ def load_hf(folder: str | os.PathLike):
     if model_type not in _LOADERS:
         raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported (gpt2, bert, t5)")
     return _LOADERS[model_type](folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# A text encoder from any folder
+# ---------------------------------------------------------------------------------------------
+
+
+def text_encoder_from_bert(bert) -> TextEncoder:
+    """A TextEncoder with the trunk of a BERT (ours or loaded from a Hugging Face folder).
+
+    The trunk is the same module in both models, so this is a config copy and a state-dict copy;
+    the MLM head is dropped.
+    """
+    # the encoder as it is: what the decoder reads of it (context_*) is the text-to-image config's
+    config = TextEncoderConfig.from_dict({**bert.config.to_dict(), "context_embeddings": False, "context_positions": False})
+    encoder = TextEncoder(config)
+    encoder.trunk.load_state_dict(bert.trunk.state_dict(), strict=True)
+    return encoder
+
+
+def load_text_encoder(folder) -> TextEncoder:
+    """A text encoder from a folder: ours (TextEncoder or BERT) or a local HF T5 / BERT folder."""
+    config_path = Path(folder) / "config.json"
+    data = read_json(config_path, CheckpointError, f" (is {folder} a model folder?)")
+    if data.get("model_type") == "t5":
+        return load_t5_encoder(folder)
+    if data.get("model_type") == "bert":
+        return text_encoder_from_bert(load_bert(folder))
+    if data.get("_class") == "BERTConfig":
+        return text_encoder_from_bert(BERT.from_pretrained(folder))
+    if data.get("_class") == "TextEncoderConfig":
+        return TextEncoder.from_pretrained(folder)
+    raise CheckpointError(f"{config_path}: not a text encoder, BERT or T5 folder")

@@ -34,16 +34,15 @@ class Transformer(nn.Module):
             # T5: one bias table, computed once per forward and shared by every layer
             self.rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, bidirectional=not c.causal)
         self.type_emb = nn.Embedding(c.type_vocab_size, c.dim) if c.type_vocab_size else None
-        self.embed_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.embed_norm else None
+        # a stack without a norm gets an Identity, so forward has no branch for it (no parameters either)
+        self.embed_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.embed_norm else nn.Identity()
         self.blocks = nn.ModuleList(TransformerBlock(c, context_dim) for _ in range(c.n_layers))
-        self.final_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.final_norm else None
+        self.final_norm = make_norm(c.norm, c.dim, c.norm_eps, c.norm_bias) if c.final_norm else nn.Identity()
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch adds to the stream, so shrink its output projection
         for name, p in self.named_parameters():
             if name.endswith(("attn.out.weight", "ffn.fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layers))
-        if c.rel_direction_init:  # the config allows it only with bidirectional relative positions
-            self.rel_bias.init_directional(c.rel_direction_init)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -75,10 +74,34 @@ class Transformer(nn.Module):
         rope: precomputed (cos, sin) for 2-D grids, else computed from position_ids when the config
         asks for RoPE.
         """
+        past = cache.pos if cache is not None else 0
+        x, rope = self.embed(input_ids, inputs_embeds, position_ids, token_type_ids, rope, past)
+        B, T = x.shape[:2]
+        bias, is_causal = self._attention_bias(B, T, past, attention_mask, x)
+        context_bias = None if context_mask is None else _additive(context_mask[:, None, None, :].bool(), x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, is_causal, rope, context, context_bias, cache, layer=i)
+        if cache is not None:
+            cache.advance(T)
+        return self.final_norm(x)
+
+    def embed(
+        self,
+        input_ids: Optional[torch.Tensor],
+        inputs_embeds: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        token_type_ids: Optional[torch.Tensor],
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        past: int,
+    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """Token (+ position, + segment) embeddings (B, T, D), and the RoPE angles the blocks rotate by.
+
+        Absolute positions are added here; RoPE is computed here from ``position_ids`` unless the caller
+        passed its own (2-D grids); relative positions act later, as an attention bias.
+        """
         c = self.config
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
-        B, T = x.shape[:2]
-        past = cache.pos if cache is not None else 0
+        T = x.shape[1]
         if past + T > c.max_len:
             raise ValueError(f"sequence of {past + T} positions is longer than max_len={c.max_len}")
         if position_ids is None:
@@ -91,20 +114,10 @@ class Transformer(nn.Module):
             rope = rope_1d(position_ids, c.d_head, c.rope_theta)
         if self.type_emb is not None:
             x = x + self.type_emb(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
+        x = self.embed_norm(x)
         if c.dropout and self.training:  # no call at all when off: it would run on every decode step
             x = F.dropout(x, c.dropout, training=True)
-
-        bias, is_causal = self._attention_bias(B, T, past, attention_mask, x)
-        context_bias = None
-        if context_mask is not None:
-            context_bias = _additive(context_mask[:, None, None, :].bool(), x.dtype)  # (B, 1, 1, Tc)
-        for i, block in enumerate(self.blocks):
-            x = block(x, bias, is_causal, rope, context, context_bias, cache, layer=i)
-        if cache is not None:
-            cache.advance(T)
-        return self.final_norm(x) if self.final_norm is not None else x
+        return x, rope
 
     def _attention_bias(
         self, B: int, T: int, past: int, attention_mask: Optional[torch.Tensor], x: torch.Tensor

@@ -58,17 +58,6 @@ class RelativePositionBias(nn.Module):
         self.bidirectional = bidirectional
         self.embedding = nn.Embedding(num_buckets, n_heads)
 
-    @torch.no_grad()
-    def init_directional(self, strength: float) -> None:
-        """Head 0 biased by +strength toward keys before the query and -strength after it, head 1
-        the reverse; other heads and offset 0 zero. Needs bidirectional buckets and two heads."""
-        if not self.bidirectional or self.embedding.weight.shape[1] < 2:
-            raise ValueError("directional heads need bidirectional buckets and at least two heads")
-        half = self.num_buckets // 2  # buckets [1, half): key before the query; [half + 1, 2 half): after
-        self.embedding.weight.zero_()
-        self.embedding.weight[1:half, 0], self.embedding.weight[half + 1 :, 0] = strength, -strength
-        self.embedding.weight[1:half, 1], self.embedding.weight[half + 1 :, 1] = -strength, strength
-
     def forward(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
         """q_positions (Tq,), k_positions (Tk,) -> additive bias (1, H, Tq, Tk)."""
         relative = k_positions[None, :] - q_positions[:, None]  # (Tq, Tk)

@@ -47,11 +47,9 @@ def sample_image_codes(
 
     ``uncond_context``/``uncond_mask`` are the guidance's unconditional branch (a negative
     prompt's states); by default the decoder's learned null context. ``prefix_codes`` (B, k),
-    the first k codes in raster order, are kept as they are (image completion): in raster
-    generation order sampling continues after them; in another order each kept code is taken
-    instead of a draw at its step, so codes sampled before it in that order do not see it.
-    ``compile`` runs the decode steps through ``torch.compile``
-    (:func:`mmgen.sampling.processors.decode_step`). Codes come back in grid (raster) order.
+    the first k codes, are kept as they are and sampling continues after them (image
+    completion). ``compile`` runs the decode steps through ``torch.compile``
+    (:func:`mmgen.sampling.processors.decode_step`). Returns codes (B, N) in raster order.
     """
     cfg = decoder.config
     B, N = context.shape[0], cfg.num_codes
@@ -64,19 +62,16 @@ def sample_image_codes(
         context_mask = torch.cat([_pad_to(context_mask, L), _pad_to(uncond_mask, L)])
     rows = context.shape[0]
 
-    codes = torch.full((B, N), -1, dtype=torch.long, device=context.device)  # grid order; -1: not sampled yet
-    k = 0 if prefix_codes is None else prefix_codes.shape[1]
-    if k >= N:
-        raise ValueError(f"nothing to sample: {k} codes kept of {N}")
-    if k:
-        codes[:, :k] = prefix_codes
-    order = decoder.order
-    kept = codes[:, order]  # (B, N) in generation order
-    p = int((kept[0] >= 0).long().cumprod(0).sum())  # the kept codes that open the order: one prefill
+    codes = torch.full((B, N), -1, dtype=torch.long, device=context.device)  # -1: not sampled yet
+    p = 0 if prefix_codes is None else prefix_codes.shape[1]
+    if p >= N:
+        raise ValueError(f"nothing to sample: {p} codes kept of {N}")
+    if p:
+        codes[:, :p] = prefix_codes
     bos = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=context.device)
-    first = torch.cat([bos, kept[:, :p]], dim=1)  # (B, p + 1): start token + kept codes
+    first = torch.cat([bos, codes[:, :p]], dim=1)  # (B, p + 1): start token + kept codes, one prefill
     dtype = next(decoder.parameters()).dtype
-    cache = KVCache.for_config(cfg, rows, max_len=decoder.cache_len(), dtype=dtype, device=context.device)
+    cache = KVCache.for_config(cfg, rows, max_len=N, dtype=dtype, device=context.device)
     logits, _ = decoder(first.repeat(rows // B, 1), context, context_mask, cache=cache, start=0, last_only=True)
     step_decoder = decode_step(decoder, compile)
     for i in range(p, N):
@@ -86,8 +81,7 @@ def sample_image_codes(
         if use_cfg:
             step_logits = guidance(step_logits[:B], step_logits[B:], guidance_scale)
         token = draw(process(step_logits, params), params, generators)  # (B,)
-        token = torch.where(kept[:, i] >= 0, kept[:, i], token)
-        codes[:, order[i]] = token
+        codes[:, i] = token
         if callback is not None and ((i + 1 - p) % callback_every == 0 or i == N - 1):
             callback(i + 1, codes.clone())
         if i < N - 1:

@@ -54,15 +54,11 @@ def train_flops_per_sample(model: TextToImage, text_len: int) -> float:
     forward = 2 * _linear_weights(enc) * t + ec.n_layers * 2 * 2 * t * t * inner_enc  # encoder + its attention
     head = dec.head.weight.numel() if dec.head is not None else dc.codebook_size * dc.dim
     forward += 2 * head * n  # logits only for the code positions
-    if dc.conditioning == "cross":
-        is_kv = lambda name: name.endswith("cross_attn.kv")  # noqa: E731  (applied to the text tokens)
-        forward += 2 * _linear_weights(dec.trunk, lambda name: not is_kv(name)) * n
-        forward += 2 * _linear_weights(dec.trunk, is_kv) * t
-        forward += dc.n_layers * 2 * 2 * (n * n + n * t) * inner_dec  # self- and cross-attention
-    else:  # the text states (padded to context_len) are a prefix of the sequence
-        seq = n + dc.context_len
-        forward += 2 * _linear_weights(dec.trunk) * seq + 2 * dec.prefix_proj.weight.numel() * dc.context_len
-        forward += dc.n_layers * 2 * 2 * seq * seq * inner_dec
+    c = 2 * t if ec.context_embeddings else t  # the decoder's context: the states (+ each word's embedding)
+    is_kv = lambda name: name.endswith("cross_attn.kv")  # noqa: E731  (applied to the context rows)
+    forward += 2 * _linear_weights(dec.trunk, lambda name: not is_kv(name)) * n
+    forward += 2 * _linear_weights(dec.trunk, is_kv) * c
+    forward += dc.n_layers * 2 * 2 * (n * n + n * c) * inner_dec  # self- and cross-attention
     return 3.0 * forward
 
 
