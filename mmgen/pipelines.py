@@ -15,18 +15,21 @@ import json
 import os
 import threading
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
 from .checkpoint import CheckpointError
+from .checks import MAX_PROMPT_CHARS, MAX_SEED, check_prompt, resolve_seed
 from .config import read_json
+from .images import fit, image_to_tensor, load_image, tensor_to_images
 from .sampling import SamplingParams, generate
 from .sampling.streaming import stream
+from .text.rewrite import PROMPT_REWRITES
 from .text.tokenizer import TextTokenizer
 
-MAX_PROMPT_CHARS = 20_000  # refuse absurd inputs before tokenizing them
 DEMO_BUNDLE = Path(__file__).resolve().parent / "assets" / "demo"  # the bundle shipped with the package
 
 
@@ -65,27 +68,20 @@ def _load_text_pipeline_parts(folder: str | os.PathLike, expected: str, purpose:
     return model, TextTokenizer.from_pretrained(folder)
 
 
-def _check_prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    return prompt
-
-
 class TextGenerationPipeline:
     """GPT text generation: ``pipe("To be", max_new_tokens=50, seed=0)``."""
 
     def __init__(self, model, tokenizer: TextTokenizer):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.max_prompt_chars = MAX_PROMPT_CHARS  # a shared server may lower it
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "TextGenerationPipeline":
         return cls(*_load_text_pipeline_parts(folder, "GPT", "text generation"))
 
     def _encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
-        ids = self.tokenizer.encode(_check_prompt(prompt), add_special_tokens=False)
+        ids = self.tokenizer.encode(check_prompt(prompt, max_chars=self.max_prompt_chars), add_special_tokens=False)
         if not ids:
             start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
             if start is None:
@@ -161,6 +157,7 @@ class FillMaskPipeline:
             raise ValueError("this tokenizer has no mask token; fill-mask needs one")
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.max_prompt_chars = MAX_PROMPT_CHARS  # a shared server may lower it
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "FillMaskPipeline":
@@ -179,7 +176,7 @@ class FillMaskPipeline:
         ``(candidates, attention)`` where attention maps each mask to ``[(token_str, weight), ...]``
         (last layer, averaged over heads).
         """
-        _check_prompt(text)
+        check_prompt(text, "text", max_chars=self.max_prompt_chars)
         if not isinstance(top_k, int) or not 1 <= top_k <= 100:
             raise ValueError(f"top_k must be an integer in [1, 100], got {top_k}")
         if self.mask_token not in text:
@@ -230,28 +227,44 @@ class FillMaskPipeline:
 BUNDLE_INDEX = "model_index.json"
 BUNDLE_FORMAT = 1
 MAX_IMAGES = 64
-MAX_SEED = 2**53
 DEFAULTS = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": None, "top_p": None, "candidates": 1}
 MAX_CANDIDATES = 32
 MAX_SAMPLED_ROWS = 512  # images x candidates in one call
 
 
-def _check_seed(seed: Optional[int]) -> int:
-    """A seed in [0, 2^53] (what a JavaScript client can send exactly); None picks a random one."""
-    if seed is None:
-        return int(torch.randint(0, 2**31 - 1, ()).item())
-    if isinstance(seed, float) and seed.is_integer():
-        seed = int(seed)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2^53], got {seed!r}")
-    return seed
+def _check_count(value: Any, name: str, most: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be an integer in [1, {most}], got {value!r}")
+
+
+@dataclass
+class TextToImageOutput:
+    """What a text-to-image call returns (diffusers' habit: ``pipe(prompt).images``)."""
+
+    images: list  # PIL images; each carries its generation parameters in ``image.info``
+    notices: list[str] = field(default_factory=list)  # what the model did not read as written, for people
+
+
+@dataclass(frozen=True)
+class _ImageRequest:
+    """One call's checked parameters; ``rows`` holds each image's prompt, ``seed`` the first image's."""
+
+    rows: list[str]
+    negative_prompt: Optional[str]
+    guidance_scale: float
+    temperature: float
+    top_k: Optional[int]
+    top_p: Optional[float]
+    candidates: int
+    seed: int
+    params: SamplingParams
 
 
 class TextToImagePipeline:
     """Prompt in, PIL images out: tokenizer → text encoder → image decoder (sampling) → VQ decoder.
 
     ``pipe = TextToImagePipeline.from_pretrained(bundle_dir)``;
-    ``pipe("a small red circle", num_images=4, seed=0)`` returns 4 images; image i uses seed + i
+    ``pipe("a small red circle", num_images=4, seed=0).images`` are 4 images; image i uses seed + i
     with its own generator, so it is the same whatever the batch size. Each image carries its
     generation parameters in ``image.info`` (written to PNG text chunks by :func:`save_png`).
     """
@@ -267,6 +280,7 @@ class TextToImagePipeline:
         # a caption rewrite the model was trained with (``data.caption_rewrite``), applied to every prompt
         self.prompt_rewrite: Optional[str] = None
         self.compile = False  # torch.compile the decode steps (pays on GPU; the first call compiles)
+        self.max_prompt_chars = MAX_PROMPT_CHARS  # a shared server may lower it
 
     @property
     def device(self) -> torch.device:
@@ -309,11 +323,9 @@ class TextToImagePipeline:
         pipe.extras = {k: v for k, v in index.items() if k not in ("defaults", "model_id", "components", "prompt_rewrite")}
         rewrite = index.get("prompt_rewrite")
         if rewrite is not None:
-            from .data.shapes import CAPTION_REWRITES
-
-            if rewrite not in CAPTION_REWRITES:
+            if rewrite not in PROMPT_REWRITES:
                 raise CheckpointError(f"{index_path}: unknown prompt_rewrite {rewrite!r}; this mmgen knows "
-                                      f"{sorted(CAPTION_REWRITES)}")
+                                      f"{sorted(PROMPT_REWRITES)}")
             pipe.prompt_rewrite = rewrite
         pipe.folder = folder
         return pipe
@@ -355,38 +367,84 @@ class TextToImagePipeline:
         return c.grid_w * f, c.grid_h * f
 
     def rewrite_prompts(self, prompts: list[str]) -> list[str]:
-        """The prompts as the model reads them: unchanged, or through the caption rewrite it was
-        trained with (:attr:`prompt_rewrite`, e.g. ``canonical_relations``:
-        :func:`mmgen.data.shapes.canonical_caption`)."""
+        """The prompts as the model reads them: unchanged, or through the rewrite the bundle declares
+        (:attr:`prompt_rewrite`, a name in :data:`mmgen.text.rewrite.PROMPT_REWRITES`)."""
         if self.prompt_rewrite is None:
             return list(prompts)
-        from .data.shapes import CAPTION_REWRITES
+        rewrite = PROMPT_REWRITES[self.prompt_rewrite]
+        return [rewrite(p) for p in prompts]
 
-        return [CAPTION_REWRITES[self.prompt_rewrite](p) for p in prompts]
-
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> the decoder's text context (B, T', D) and mask (B, T') (:meth:`TextEncoder.context`);
-        over-long prompts are truncated with a warning. Prompts go through :meth:`rewrite_prompts` first."""
+    def read_prompts(self, prompts: list[str], what: str = "prompt") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Rewrite and tokenize ``prompts`` once: ids (B, T), mask (B, T), and the notices about what
+        the model will not read as written (cut off, or words it does not know), computed on the
+        rewritten text, the one the model reads."""
         L = self.image_decoder.config.context_len
-        batch = self.tokenizer.encode_batch(self.rewrite_prompts(prompts), max_length=L, padding="longest")
-        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        read = self.rewrite_prompts(prompts)
+        batch = self.tokenizer.encode_batch(read, max_length=L, padding="longest", return_details=True)
+        notices: list[str] = []
+        for text, dropped, start, unknown in zip(read, batch["dropped"], batch["dropped_from"], batch["unknown"]):
+            found = []
+            if dropped:
+                ignored = text[start:].strip()
+                ignored = ignored if len(ignored) <= 80 else ignored[:77] + "..."
+                found.append(f"{what.capitalize()} truncated: the image model reads the first {L} tokens, "
+                             f"{dropped} more were dropped; ignored: \u201c{ignored}\u201d")
+            if unknown:
+                words = ", ".join(f"\u201c{w}\u201d" for w in dict.fromkeys(unknown))
+                found.append(f"The image model does not know the word(s) {words} in the {what}: it reads "
+                             f"each as {self.tokenizer.unk_token}")
+            notices += [n for n in found if n not in notices]
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), notices
+
+    def _encode(self, prompts: list[str], what: str = "prompt") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Prompts -> the decoder's text context (B, T', D), its mask (B, T') and the notices."""
+        ids, mask, notices = self.read_prompts(prompts, what)
         with torch.inference_mode():
             states, _ = self.text_encoder(ids, mask)
-            return self.text_encoder.context(ids, states, mask)
+            states, mask = self.text_encoder.context(ids, states, mask)
+        return states, mask, notices
 
-    def _validate(self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p) -> SamplingParams:
-        _check_prompt(prompt)
-        if not prompt.strip():
-            raise ValueError("the prompt is empty; describe the image you want")
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> the decoder's text context (B, T', D) and mask (B, T') (:meth:`TextEncoder.context`),
+        read as :meth:`read_prompts` does; what is cut off or unknown is reported as a warning."""
+        states, mask, notices = self._encode(prompts)
+        for notice in notices:
+            warnings.warn(notice, stacklevel=2)
+        return states, mask
+
+    def _request(self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed,
+                 candidates) -> "_ImageRequest":
+        """Fill unset parameters from the bundle's defaults, check everything once, apply the seed policy."""
+        d = self.defaults
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        temperature = d["temperature"] if temperature is None else temperature
+        top_k = d["top_k"] if top_k is None else top_k
+        top_p = d["top_p"] if top_p is None else top_p
+        candidates = d.get("candidates", 1) if candidates is None else candidates
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]  # anything else: check_prompt says
+        if not prompts:
+            raise ValueError("no prompt given")
+        for p in prompts:
+            check_prompt(p, max_chars=self.max_prompt_chars, allow_empty=False)
         if negative_prompt is not None:
-            _check_prompt(negative_prompt)
-        if not isinstance(num_images, int) or isinstance(num_images, bool) or not 1 <= num_images <= MAX_IMAGES:
-            raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
+            check_prompt(negative_prompt, "negative prompt", max_chars=self.max_prompt_chars)
+        _check_count(num_images, "num_images", MAX_IMAGES)
+        _check_count(candidates, "candidates", MAX_CANDIDATES)
+        if len(prompts) * num_images > MAX_IMAGES:
+            raise ValueError(f"at most {MAX_IMAGES} images per call, asked for {len(prompts) * num_images}")
+        if len(prompts) * num_images * candidates > MAX_SAMPLED_ROWS:
+            raise ValueError(f"at most {MAX_SAMPLED_ROWS} images x candidates per call, asked for "
+                             f"{len(prompts) * num_images} x {candidates}")
         if not isinstance(guidance_scale, (int, float)) or not 0 <= guidance_scale <= 30:
             raise ValueError(f"guidance_scale must be in [0, 30], got {guidance_scale!r}")
         if temperature == 0:
             raise ValueError("temperature must be > 0 for images (use top_k=1 for greedy decoding)")
-        return SamplingParams(temperature, top_k or None, top_p, 1.0)
+        params = SamplingParams(temperature, top_k or None, top_p, 1.0)
+        return _ImageRequest(
+            rows=[p for p in prompts for _ in range(num_images)], negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+            candidates=candidates, seed=resolve_seed(seed), params=params,
+        )
 
     def __call__(
         self,
@@ -403,8 +461,10 @@ class TextToImagePipeline:
         cancel: Optional[threading.Event] = None,
         prefix_codes: Optional[torch.Tensor] = None,
         candidates: Optional[int] = None,
-    ) -> list:
-        """Generate ``num_images`` images per prompt. Unset parameters take the bundle's measured defaults.
+    ) -> "TextToImageOutput":
+        """Generate ``num_images`` images per prompt. Unset parameters take the bundle's measured defaults;
+        ``seed=None`` picks one (each image's ``info`` says which). Returns a :class:`TextToImageOutput`:
+        the images and the notices (prompt truncated, words the model does not know).
 
         ``candidates`` > 1 samples that many images per requested one and keeps the one the model
         finds most likely given the prompt (:meth:`log_likelihood`): DALL-E's reranking, with the
@@ -415,59 +475,50 @@ class TextToImagePipeline:
         ``callback_every`` codes (unsampled rows are grey); ``cancel`` (threading.Event) stops
         sampling within one step and raises :class:`mmgen.sampling.image.Cancelled`.
         """
+        req = self._request(prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed,
+                            candidates)
+        states, mask, notices = self._encode(req.rows)
+        uncond = uncond_mask = None
+        if req.negative_prompt and req.guidance_scale != 1.0:
+            uncond, uncond_mask, negative_notices = self._encode([req.negative_prompt] * len(req.rows), "negative prompt")
+            notices += negative_notices
+        for notice in notices:
+            if "truncated" in notice:  # diffusers' habit: a cut-off prompt also warns
+                warnings.warn(notice, stacklevel=2)
+        codes = self._sample(req, states, mask, uncond, uncond_mask, prefix_codes, callback, callback_every, cancel)
+        images = self.decode_codes(codes)
+        for i, (img, p) in enumerate(zip(images, req.rows)):
+            img.info.update(
+                image_metadata(
+                    prompt=p, negative_prompt=req.negative_prompt, seed=req.seed + i, guidance_scale=req.guidance_scale,
+                    temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, size=img.size, model=self.model_id,
+                    num_codes=codes.shape[1], **({"candidates": req.candidates} if req.candidates > 1 else {}),
+                )
+            )
+        return TextToImageOutput(images, notices)
+
+    def _sample(self, req: "_ImageRequest", states, mask, uncond, uncond_mask, prefix_codes, callback, callback_every,
+                cancel) -> torch.Tensor:
+        """Sample every row's codes (n, N); with candidates, each image's most likely candidate."""
         from .sampling.image import sample_image_codes
         from .sampling.processors import make_generators
 
-        d = self.defaults
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        temperature = d["temperature"] if temperature is None else temperature
-        top_k = d["top_k"] if top_k is None else top_k
-        top_p = d["top_p"] if top_p is None else top_p
-        candidates = d.get("candidates", 1) if candidates is None else candidates
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given")
-        params = None
-        for p in prompts:
-            params = self._validate(p, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p)
-        if len(prompts) * num_images > MAX_IMAGES:
-            raise ValueError(f"at most {MAX_IMAGES} images per call, asked for {len(prompts) * num_images}")
-        if not isinstance(candidates, int) or isinstance(candidates, bool) or not 1 <= candidates <= MAX_CANDIDATES:
-            raise ValueError(f"candidates must be an integer in [1, {MAX_CANDIDATES}], got {candidates!r}")
-        if len(prompts) * num_images * candidates > MAX_SAMPLED_ROWS:
-            raise ValueError(f"at most {MAX_SAMPLED_ROWS} images x candidates per call, asked for "
-                             f"{len(prompts) * num_images} x {candidates}")
-        seed = _check_seed(seed)
-        rows = [p for p in prompts for _ in range(num_images)]
-        n, C = len(rows), candidates
-        states, mask = self.encode_prompts(rows)
-        uncond = uncond_mask = None
-        if negative_prompt and guidance_scale != 1.0:
-            uncond, uncond_mask = self.encode_prompts([negative_prompt] * n)
+        n, C = len(req.rows), req.candidates
         # Candidate-major rows: rows [j * n, (j + 1) * n) are candidate j of every image.
-        generators = [g for j in range(C) for g in make_generators(seed + j * (MAX_SEED + 1), n)]
+        generators = [g for j in range(C) for g in make_generators(req.seed + j * (MAX_SEED + 1), n)]
         expand = (lambda t: t if t is None or C == 1 else t.repeat(C, *([1] * (t.dim() - 1))))  # noqa: E731
         on_codes = None
         if callback is not None:  # previews show candidate 0 of each image
             on_codes = lambda done, codes: callback(done, codes.shape[1], self.decode_codes(codes[:n], preview=True))  # noqa: E731
         codes = sample_image_codes(
-            self.image_decoder, expand(states), expand(mask), params, guidance_scale, expand(uncond), expand(uncond_mask),
-            generators=generators, prefix_codes=expand(prefix_codes),
+            self.image_decoder, expand(states), expand(mask), req.params, req.guidance_scale, expand(uncond),
+            expand(uncond_mask), generators=generators, prefix_codes=expand(prefix_codes),
             callback=on_codes, callback_every=callback_every, cancel=cancel, compile=self.compile,
         )
-        if C > 1:
-            scores = self.log_likelihood(expand(states), expand(mask), codes).view(C, n)
-            codes = codes.view(C, n, -1)[scores.argmax(0), torch.arange(n, device=codes.device)]  # (n, N): each image's best candidate
-        images = self.decode_codes(codes)
-        for i, (img, p) in enumerate(zip(images, rows)):
-            img.info.update(
-                image_metadata(
-                    prompt=p, negative_prompt=negative_prompt, seed=seed + i, guidance_scale=guidance_scale,
-                    temperature=temperature, top_k=top_k, top_p=top_p, size=img.size, model=self.model_id,
-                    num_codes=codes.shape[1], **({"candidates": C} if C > 1 else {}),
-                )
-            )
-        return images
+        if C == 1:
+            return codes
+        scores = self.log_likelihood(expand(states), expand(mask), codes).view(C, n)
+        return codes.view(C, n, -1)[scores.argmax(0), torch.arange(n, device=codes.device)]  # (n, N): each image's best
 
     @torch.inference_mode()
     def log_likelihood(self, states: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -485,8 +536,6 @@ class TextToImagePipeline:
 
     def decode_codes(self, codes: torch.Tensor, preview: bool = False) -> list:
         """Codes (B, N) -> PIL images. In a preview, codes of -1 (not sampled yet) show as grey rows."""
-        from .data.folder import tensor_to_images
-
         c = self.image_decoder.config
         grid = codes.view(-1, c.grid_h, c.grid_w).to(next(self.vq.parameters()).device)
         missing = grid < 0
@@ -499,16 +548,14 @@ class TextToImagePipeline:
         return tensor_to_images(pixels.float().cpu())
 
     def encode_image(self, image) -> torch.Tensor:
-        """A PIL image -> its VQ codes (1, N), after resizing/cropping to the model's size."""
-        from .data.folder import image_to_tensor, load_image
-
-        w, h = self.image_size
-        img = load_image(image, (w, h)) if not hasattr(image, "mode") else _fit(image, (w, h))
+        """A PIL image (or an image file) -> its VQ codes (1, N), after resizing/cropping to the model's size."""
+        size = self.image_size
+        img = fit(image, size) if hasattr(image, "mode") else load_image(image, size)
         with torch.inference_mode():
             pixels = image_to_tensor(img)[None].to(next(self.vq.parameters()).device)
             return self.vq.encode(pixels).view(1, -1).to(self.device)
 
-    def complete(self, image, keep_rows: int, prompt: str, **kwargs) -> list:
+    def complete(self, image, keep_rows: int, prompt: str, **kwargs) -> "TextToImageOutput":
         """Keep the top ``keep_rows`` rows of codes of ``image`` and sample the rest from ``prompt``."""
         rows = self.image_decoder.config.grid_h
         if not isinstance(keep_rows, int) or not 0 <= keep_rows < rows:
@@ -517,18 +564,16 @@ class TextToImagePipeline:
         k = keep_rows * self.image_decoder.config.grid_w
         n = kwargs.get("num_images", 1)
         prefix = codes[:, :k].repeat(n * (1 if isinstance(prompt, str) else len(prompt)), 1) if k else None
-        images = self(prompt, prefix_codes=prefix, **kwargs)
-        for img in images:
+        out = self(prompt, prefix_codes=prefix, **kwargs)
+        for img in out.images:
             img.info["mmgen"] = json.dumps({**json.loads(img.info["mmgen"]), "keep_rows": keep_rows})
-        return images
+        return out
 
     @torch.inference_mode()
     def cross_attention_maps(self, prompt: str, image) -> tuple[list[str], "torch.Tensor"]:
         """For a generated image: per prompt token, a (grid_h, grid_w) map of how much the decoder's
         cross-attention looked at that token (averaged over heads and layers)."""
         dec = self.image_decoder
-        if dec.config.conditioning != "cross":
-            raise ValueError("attention maps need a cross-attention model")
         codes = self.encode_image(image) if not torch.is_tensor(image) else image.view(1, -1)
         states, mask = self.encode_prompts([prompt])
         modules = [b.cross_attn for b in dec.trunk.blocks]
@@ -536,8 +581,7 @@ class TextToImagePipeline:
             m.record_weights = True
         try:
             dec(dec.teacher_forcing(codes)[0], states, mask)
-            weights = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)  # (N, T) by step
-            weights = dec.to_grid(weights, dim=0)  # by grid position
+            weights = torch.stack([m.last_weights[0].mean(0) for m in modules]).mean(0)  # (N, T) by grid position
         finally:
             for m in modules:
                 m.record_weights, m.last_weights = False, None
@@ -548,12 +592,6 @@ class TextToImagePipeline:
         tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch(self.rewrite_prompts([prompt]), max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
         maps = weights[:, :T].T.reshape(T, dec.config.grid_h, dec.config.grid_w)
         return tokens, maps
-
-
-def _fit(image, size: tuple[int, int]):
-    from .data.folder import resize_center_crop, to_rgb
-
-    return resize_center_crop(to_rgb(image, (255, 255, 255)), size)
 
 
 # =============================================================================================

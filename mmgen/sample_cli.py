@@ -58,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("mmgen sample: error: give at least one --prompt", file=sys.stderr)
         return 2
     try:
+        import warnings
+
         import torch
 
         if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -66,15 +68,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         pipe.to(args.device, dtype)
         pipe.compile = args.compile
+        warnings.filterwarnings("ignore", message="(Negative prompt|Prompt) truncated")  # the notices below say it
         out = Path(args.out)
         written = []
         for prompt in args.prompt:
-            images = pipe(
+            result = pipe(
                 prompt, negative_prompt=args.negative_prompt, num_images=args.num_images,
                 guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, candidates=args.candidates,
             )
-            for i, img in enumerate(images):
+            for notice in result.notices:
+                print(f"mmgen sample: note: {notice}", file=sys.stderr)
+            for i, img in enumerate(result.images):
                 written.append(save_png(img, out / f"{_slug(prompt)}-{args.seed + i}.png"))
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"mmgen sample: error: {e}", file=sys.stderr)

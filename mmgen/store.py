@@ -46,13 +46,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from mmgen.checks import MAX_SEED, check_seed
 from mmgen.config import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 KINDS = ("txt2img", "text", "fill_mask", "complete")
 RATINGS = (-1, 0, 1)
-MAX_SEED = 2**53  # seeds must survive a trip through JavaScript (the web UI) unchanged
 SEARCH_MODES = ("hybrid", "keyword", "semantic")
 MANIFEST_NAME = "history.jsonl"
 
@@ -241,7 +241,7 @@ class HistoryStore:
         for name, value in (("negative_prompt", negative_prompt), ("user", user), ("output_text", output_text)):
             if value is not None:
                 _check_text(name, value)
-        seed = _check_seed(seed)
+        seed = check_seed(seed)  # the one seed rule; a stored seed is always a concrete one
         params_json = _params_to_json(params)
         files_json = json.dumps([self._relative_output_path(f) for f in files])
         # Embedding can be slow (a text encoder forward), so it runs before taking any lock.
@@ -726,13 +726,6 @@ def _integral(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _check_seed(seed: Any) -> int:
-    seed = _integral(seed)
-    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**53], got {seed!r}")
-    return int(seed)
 
 
 def _check_id(record_id: Any) -> int:

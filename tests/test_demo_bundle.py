@@ -45,7 +45,7 @@ def bundle_fidelity(pipe) -> float:
 
     items = fixed_prompts(pipe.image_size[0])
     with torch.inference_mode():
-        images = pipe([text for text, _ in items], num_images=1, seed=0)
+        images = pipe([text for text, _ in items], num_images=1, seed=0).images
     return aggregate(score(spec, image) for (_, spec), image in zip(items, images))["exact"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webui.studio import Limits, RequestError, Studio, check_seed
+from webui.studio import Limits, RequestError, Studio, form_seed
 
 PROMPT = "a small red circle"
 
@@ -24,10 +24,6 @@ def _image_request(studio, **changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(prompt=""), "prompt is empty"),
-        (dict(prompt=None), "prompt is empty"),
-        (dict(prompt=3), "prompt must be text"),
-        (dict(negative_prompt="x" * 2001), "negative prompt is 2001 characters long"),
         (dict(num_images=9), r"number of images must be in \[1, 8\]"),
         (dict(num_images=2.5), "number of images must be a whole number"),
         (dict(guidance_scale=-1), r"guidance scale must be in \[0, 30\]"),
@@ -36,7 +32,7 @@ def _image_request(studio, **changes):
         (dict(top_k=-1), "top-k must be 0"),
         (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
         (dict(seed=2**53 + 1), r"\[0, 2\^53 = 9007199254740992\]"),
-        (dict(seed=-2), r"seed must be -1 \(random\)"),
+        (dict(seed=-2), r"seed must be a whole number in \[0, 2\^53.*\(-1 picks a random one\)"),
         (dict(seed=1.5), "seed must be a whole number"),
         (dict(seed=True), "seed must be a whole number"),
         (dict(candidates=0), r"samples per image must be in \[1, 8\]"),
@@ -49,10 +45,40 @@ def test_image_request_messages_name_the_field(studio, changes, message):
         _image_request(studio, **changes)
 
 
+def _generate(studio, **changes):
+    return list(studio.generate_images(_image_request(studio, **changes)))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt=None), "prompt is empty"),
+        (dict(prompt=3), "prompt must be text"),
+        (dict(negative_prompt="x" * 2001), "negative prompt is 2001 characters long; the limit is 2000"),
+    ],
+)
+def test_prompts_are_checked_once_by_the_pipeline(studio, changes, message):
+    """The studio only converts the form's values: the pipeline's one prompt check refuses, with the
+    server's length limit, and nothing is saved."""
+    before = studio.store.list()[1]
+    with pytest.raises(RequestError, match=message):
+        _generate(studio, **changes)
+    assert studio.store.list()[1] == before
+
+
+def test_image_notices_come_from_the_pipeline(studio):
+    """Truncation and unknown words are the pipeline's notices, shown as they are."""
+    done = _generate(studio, prompt="a zorblax circle " + "a red circle " * 8)[-1]
+    assert any(n.startswith("Prompt truncated: the image model reads the first 12 tokens") for n in done.notices)
+    assert any("\u201czorblax\u201d" in n for n in done.notices)
+    assert _generate(studio, prompt="a red circle")[-1].notices == []
+
+
 def test_image_request_accepts_gradio_numbers(studio):
     req = _image_request(studio, num_images=2.0, top_k=None, top_p=None, seed=float(2**53), negative_prompt="  ")
     assert (req.num_images, req.top_k, req.top_p, req.seed, req.negative_prompt) == (2, 0, 1.0, 2**53, None)
-    assert 0 <= check_seed(-1) < 2**32 and 0 <= check_seed(None) < 2**32
+    assert 0 <= form_seed(-1) < 2**32 and 0 <= form_seed(None) < 2**32 and 0 <= form_seed("") < 2**32
 
 
 def test_samples_per_image_default_to_the_bundle(studio, monkeypatch):
@@ -103,7 +129,7 @@ def test_limits_are_configurable(tiny_bundle, tmp_path):
     with pytest.raises(RequestError, match=r"\[1, 2\]"):
         _image_request(small, num_images=3, prompt="short")
     with pytest.raises(RequestError, match="limit is 10"):
-        _image_request(small, prompt="x" * 11)
+        _generate(small, prompt="x" * 11)
 
 
 # ---- CLI ------------------------------------------------------------------------------------

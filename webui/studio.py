@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mmgen.checks import check_prompt, resolve_seed
 from mmgen.pipelines import (
     MAX_CANDIDATES,
     MAX_IMAGES,
-    MAX_SEED,
     FillMaskPipeline,
     TextGenerationPipeline,
     TextToImagePipeline,
@@ -132,31 +132,24 @@ def _in_range(value: Any, name: str, low: float, high: float, low_open: bool = F
     return float(value)
 
 
-def check_prompt(prompt: Any, limits: Limits, name: str = "prompt", allow_empty: bool = False) -> str:
-    if prompt is None:
-        prompt = ""
-    if not isinstance(prompt, str):
-        raise RequestError(f"{name} must be text, got {type(prompt).__name__}")
-    if not allow_empty and not prompt.strip():
-        raise RequestError(f"the {name} is empty: type what you want to see")
-    if len(prompt) > limits.max_prompt_chars:
-        raise RequestError(f"the {name} is {len(prompt)} characters long; the limit is {limits.max_prompt_chars}")
-    return prompt
+def form_text(value: Any, limits: Limits, name: str = "prompt", allow_empty: bool = False) -> str:
+    """A text box's value through the one prompt check (:func:`mmgen.checks.check_prompt`), with
+    this server's length limit; an empty box is Gradio's None."""
+    try:
+        return check_prompt("" if value is None else value, name, limits.max_prompt_chars, allow_empty)
+    except (TypeError, ValueError) as e:
+        raise RequestError(str(e)) from None
 
 
-def check_seed(seed: Any) -> int:
-    """-1 (or empty) picks a random seed; otherwise a whole number in [0, 2^53]."""
-    if seed is None or seed == "":
-        seed = -1
-    seed = _integral(seed, "seed")
-    if seed == -1:
-        return secrets.randbelow(2**32)
-    if not 0 <= seed <= MAX_SEED:
-        raise RequestError(
-            f"seed must be -1 (random) or a whole number in [0, 2^53 = {MAX_SEED}], got {seed}"
-            " (larger numbers do not survive a trip through JavaScript unchanged)"
-        )
-    return seed
+def form_seed(value: Any) -> int:
+    """A seed box's value through the one seed rule (:func:`mmgen.checks.resolve_seed`): the form's
+    -1 (or an empty box) asks for a random seed."""
+    if value is None or value == "" or value == -1:
+        value = None
+    try:
+        return resolve_seed(value)
+    except ValueError as e:
+        raise RequestError(f"{e} (-1 picks a random one)") from None
 
 
 @dataclass(frozen=True)
@@ -224,6 +217,9 @@ class Studio:
         self.t2i = TextToImagePipeline.from_pretrained(bundle)
         self.gpt, self.gpt_missing = self._optional(bundle / "gpt", TextGenerationPipeline)
         self.bert, self.bert_missing = self._optional(bundle / "bert", FillMaskPipeline)
+        for pipe in (self.t2i, self.gpt, self.bert):  # the pipelines' own prompt check, at this server's limit
+            if pipe is not None:
+                pipe.max_prompt_chars = limits.max_prompt_chars
         self.outputs_dir = Path(outputs_dir).resolve()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path).resolve() if db_path is not None else self.outputs_dir / DB_NAME
@@ -306,8 +302,9 @@ class Studio:
         self, prompt, negative_prompt, num_images, guidance_scale, temperature, top_k, top_p, seed, candidates=None
     ) -> ImageRequest:
         lim = self.limits
-        prompt = check_prompt(prompt, lim)
-        negative_prompt = check_prompt(negative_prompt, lim, "negative prompt", allow_empty=True).strip() or None
+        # prompts are checked by the pipeline itself (with this server's limit, see __init__)
+        prompt = "" if prompt is None else prompt
+        negative_prompt = negative_prompt.strip() or None if isinstance(negative_prompt, str) else negative_prompt
         num_images = _integral(num_images, "number of images")
         if not 1 <= num_images <= lim.max_images:
             raise RequestError(f"number of images must be in [1, {lim.max_images}], got {num_images}")
@@ -327,14 +324,15 @@ class Studio:
             temperature=_in_range(temperature, "temperature", 0.0, lim.max_temperature, low_open=True),
             top_k=top_k,
             top_p=_in_range(top_p if top_p is not None else 1.0, "top-p", 0.0, 1.0, low_open=True),
-            seed=check_seed(seed),
+            seed=form_seed(seed),
             candidates=candidates,
         )
 
     def truncation_notice(
         self, prompt: str, tokenizer, limit: int, what: str, keep: str = "first", specials: bool = True
     ) -> Optional[str]:
-        """A sentence saying how much of ``prompt`` the model will not read, or None if it all fits."""
+        """A sentence saying how much of ``prompt`` a text model will not read, or None if it all fits.
+        (The image model's notices come from its pipeline, computed on the prompt as it reads it.)"""
         ids = tokenizer.encode(prompt, add_special_tokens=specials)
         if len(ids) <= limit:
             return None
@@ -365,8 +363,6 @@ class Studio:
             keep_rows = _integral(keep_rows, "rows to keep")
             if not 0 <= keep_rows < self.grid_rows:
                 raise RequestError(f"rows to keep must be in [0, {self.grid_rows - 1}], got {keep_rows}")
-        notice = self.truncation_notice(req.prompt, self.t2i.tokenizer, self.text_length, "the image model")
-        notices = [notice] if notice else []
         total = self.t2i.image_decoder.config.num_codes
         every = max(1, total // PREVIEWS_PER_IMAGE)
         stop = self._new_stop(session)
@@ -387,12 +383,12 @@ class Studio:
             return self.t2i.complete(_as_pil(image), keep_rows, req.prompt, **kwargs)
 
         try:
-            images = None
+            out = None
             for kind, value in stream(run):
                 if kind == "partial":
                     yield value
                 else:
-                    images = value
+                    out = value
         except Cancelled as e:
             yield Stopped(e.step)
             return
@@ -401,6 +397,7 @@ class Studio:
         finally:
             self._forget_stop(session, stop)
 
+        images = out.images
         kind = "txt2img" if image is None else "complete"
         params = {**req.params(), "size": list(self.image_size)}
         if image is not None:
@@ -415,7 +412,7 @@ class Studio:
              "parameters": img.info.get("parameters", "")}
             for i, (p, img) in enumerate(zip(paths, images))
         ]
-        yield ImagesDone(paths, infos, record_id, notices)
+        yield ImagesDone(paths, infos, record_id, out.notices)
 
     def _save(self, image, seed: int) -> Path:
         """outputs/YYYY-MM-DD/HHMMSS-<random>-<seed>.png, written atomically with its metadata."""
@@ -435,7 +432,7 @@ class Studio:
             prompt = read_png_metadata(pil).get("prompt") or ""
             if not prompt.strip():
                 raise RequestError("this image carries no prompt in its metadata: type the prompt to look at")
-        prompt = check_prompt(prompt, self.limits)
+        prompt = form_text(prompt, self.limits)
         try:
             tokens, maps = self.t2i.cross_attention_maps(prompt, pil)  # maps (T, gh, gw)
         except ValueError as e:
@@ -473,13 +470,13 @@ class Studio:
         if top_k < 0:
             raise RequestError(f"top-k must be 0 (off) or a positive whole number, got {top_k}")
         return TextRequest(
-            prompt=check_prompt(prompt, lim),
+            prompt=form_text(prompt, lim),
             max_new_tokens=max_new_tokens,
             temperature=_in_range(temperature, "temperature", 0.0, lim.max_temperature),
             top_k=top_k,
             top_p=_in_range(top_p if top_p is not None else 1.0, "top-p", 0.0, 1.0, low_open=True),
             repetition_penalty=_in_range(repetition_penalty, "repetition penalty", 1.0, lim.max_repetition_penalty),
-            seed=check_seed(seed),
+            seed=form_seed(seed),
         )
 
     def generate_text(
@@ -524,7 +521,7 @@ class Studio:
         """Top-k candidates per mask, attention of each mask over the words, and the history id."""
         if self.bert is None:
             raise RequestError(f"mask filling is not available: {self.bert_missing}")
-        text = check_prompt(text, self.limits, "text")
+        text = form_text(text, self.limits, "text")
         top_k = _integral(top_k, "top-k")
         if not 1 <= top_k <= self.limits.max_fill_top_k:
             raise RequestError(f"top-k must be in [1, {self.limits.max_fill_top_k}], got {top_k}")
@@ -551,9 +548,9 @@ class Studio:
 
     def embed_prompts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors (N, D) of the text encoder's mean-pooled states: semantic search of prompts."""
-        batch = self.t2i.tokenizer.encode_batch(list(texts), max_length=self.text_length, padding="longest")
+        ids, mask, _ = self.t2i.read_prompts(list(texts))  # as the model reads them (rewrite included)
         with torch.inference_mode():
-            vectors = self.t2i.text_encoder.embed(batch["input_ids"], batch["attention_mask"])  # (N, D)
+            vectors = self.t2i.text_encoder.embed(ids, mask)  # (N, D)
         return vectors.float().cpu().numpy()
 
     def history_page(
@@ -567,7 +564,7 @@ class Studio:
         page = _integral(page, "page")
         if page < 1:
             raise RequestError(f"page must be 1 or more, got {page}")
-        query = check_prompt(query, self.limits, "search", allow_empty=True)
+        query = form_text(query, self.limits, "search", allow_empty=True)
         if not query.strip():
             records, total = self.store.list(page, per_page, kind=kind, user=user)
             return records, {}, total

@@ -371,6 +371,53 @@ def render_scene(
     return canvas.convert("RGB")
 
 
+def _draw_example(
+    rng: random.Random, candidates: list[Emoji], renderer: EmojiRenderer, image_size: int, scene_fraction: float
+) -> tuple[Image.Image, dict]:
+    """One image and its metadata columns (all but ``file_name``), every choice drawn from ``rng``."""
+    background = rng.choice(list(BACKGROUNDS))
+    if rng.random() < scene_fraction:  # a scene: one or two small emoji at named places
+        count = rng.choice((1, 2))
+        positions: list[str | None] = list(rng.sample(list(POSITIONS), count))
+    else:  # one large centred emoji
+        count, positions = 1, [None]
+    chosen: list[Emoji] = []
+    for _ in range(count):
+        chosen.append(_pick_emoji(rng, candidates, renderer, {e.char for e in chosen}))
+    image = render_scene(
+        renderer, [e.char for e in chosen], positions, BACKGROUNDS[background], image_size,
+        scale=rng.uniform(0.55, 0.8),
+    )
+    columns = {
+        "text": scene_caption([e.name for e in chosen], positions, background),
+        "emoji": [e.char for e in chosen],
+        "names": [e.name for e in chosen],
+        "groups": [e.group for e in chosen],
+        "positions": positions,
+        "background": background,
+    }
+    return image, columns
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write ``text`` and wait until it is on disk (the folder is renamed into place next)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``, replacing an old ``out`` only once ``tmp`` is in hand."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def build_emoji_folder(
     out_dir: str | os.PathLike,
     n_images: int,
@@ -411,47 +458,16 @@ def build_emoji_folder(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    background_names = list(BACKGROUNDS)
-    position_names = list(POSITIONS)
     lines = []
     try:
         for i in tqdm(range(n_images), desc="emoji images", unit="img", disable=not progress):
             rng = random.Random(f"emoji:{seed}:{i}")  # one stream per image: image i depends on (seed, i) only
-            background = rng.choice(background_names)
-            if rng.random() < scene_fraction:
-                count = rng.choice((1, 2))
-                positions: list[str | None] = list(rng.sample(position_names, count))
-            else:
-                count, positions = 1, [None]
-            chosen: list[Emoji] = []
-            for _ in range(count):
-                chosen.append(_pick_emoji(rng, candidates, renderer, {e.char for e in chosen}))
-            image = render_scene(
-                renderer, [e.char for e in chosen], positions, BACKGROUNDS[background], image_size,
-                scale=rng.uniform(0.55, 0.8),
-            )
+            image, columns = _draw_example(rng, candidates, renderer, image_size, scene_fraction)
             file_name = f"{i:06d}.png"
             image.save(tmp / file_name, format="PNG")
-            lines.append(json.dumps({
-                "file_name": file_name,
-                "text": scene_caption([e.name for e in chosen], positions, background),
-                "emoji": [e.char for e in chosen],
-                "names": [e.name for e in chosen],
-                "groups": [e.group for e in chosen],
-                "positions": positions,
-                "background": background,
-            }, ensure_ascii=False))
-        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+            lines.append(json.dumps({"file_name": file_name, **columns}, ensure_ascii=False))
+        _write_synced(tmp / "metadata.jsonl", "\n".join(lines) + "\n")
+        _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

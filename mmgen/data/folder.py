@@ -22,7 +22,6 @@ them into errors with ``warnings.simplefilter("error", DataWarning)``.
 
 from __future__ import annotations
 
-import functools
 import glob
 import io
 import json
@@ -34,29 +33,27 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-ImageSource = Union[str, os.PathLike, bytes, IO[bytes]]
-Size = Union[int, tuple[int, int]]  # an int is a square; a tuple is (width, height), as in PIL
-RGB = tuple[int, int, int]
+# The image helpers live with the other image code; they are re-exported here for the data sets.
+from mmgen.images import (  # noqa: F401
+    RGB,
+    ImageLoadError,
+    ImageSource,
+    Size,
+    image_to_tensor,
+    load_image,
+    resize_center_crop,
+    tensor_to_images,
+    to_rgb,
+)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_COLUMNS = ("text", "caption")  # tried in this order when no column is named
 _MAX_LISTED = 20  # how many file names a warning spells out before "... and N more"
-
-
-class ImageLoadError(ValueError):
-    """An image file cannot be read: missing, not an image, corrupt or truncated."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot load image {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class DataWarning(UserWarning):
@@ -71,141 +68,8 @@ def _listing(names: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Image loading
+# Integrity
 # --------------------------------------------------------------------------------------
-
-
-def _source_name(src: ImageSource) -> str:
-    if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
-    if isinstance(src, (bytes, bytearray)):
-        return "<bytes>"
-    return str(getattr(src, "name", "<file object>"))
-
-
-def _target_size(size: Size) -> tuple[int, int]:
-    width, height = (size, size) if isinstance(size, int) else size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {size!r}")
-    return int(width), int(height)
-
-
-def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
-    """16-bit and 32-bit greyscale to 8-bit ``L`` by scaling the range, not by clipping.
-
-    Pillow's own ``convert("L")`` clips ``I;16`` values at 255, which turns almost every
-    16-bit photo white. ``I`` images (16-bit PNGs in older Pillow, many TIFFs) are read as
-    16-bit data; ``F`` images as [0, 1] when they fit in it, else as [0, 255].
-    """
-    values = np.asarray(img).astype(np.float64)  # (H, W)
-    if img.mode == "F":
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
-    else:
-        scale = 255.0 / 65535.0
-    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
-
-
-@functools.cache
-def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
-    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-
-
-def to_rgb(img: Image.Image, background: RGB = (255, 255, 255)) -> Image.Image:
-    """Convert an image of any mode to ``RGB``, compositing transparency on ``background``."""
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _high_bit_depth_to_l(img)
-    if img.mode == "LAB":  # convert("RGB") would reinterpret the channels, not convert colours
-        return ImageCms.applyTransform(img, _lab_to_srgb())
-    if img.mode == "RGB" and "transparency" not in img.info:
-        return img
-    has_alpha = img.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in img.info
-    try:
-        if not has_alpha:
-            return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, ...
-        rgba = img.convert("RGBA")
-    except ValueError:
-        raise ValueError(f"unsupported image mode {img.mode!r}") from None
-    canvas = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert("RGB")
-
-
-def resize_center_crop(img: Image.Image, size: Size) -> Image.Image:
-    """Scale so the image covers ``size`` (shorter side fits), then crop the centre.
-
-    The crop box is computed in source pixels and handed to ``resize(box=...)``, so there is
-    one resampling step and no off-by-one from rounding an intermediate size.
-    """
-    width, height = _target_size(size)
-    src_w, src_h = img.size
-    scale = max(width / src_w, height / src_h)
-    crop_w, crop_h = width / scale, height / scale  # the covered region, in source pixels
-    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
-    if img.size == (width, height):
-        return img
-    return img.resize((width, height), Image.Resampling.BICUBIC, box=box)
-
-
-def load_image(
-    src: ImageSource,
-    size: Size | None,
-    background: RGB = (255, 255, 255),
-) -> Image.Image:
-    """Read an image file into an RGB :class:`PIL.Image.Image` of ``size``.
-
-    Args:
-        src: a path, the encoded bytes, or a binary file object.
-        size: an int for a square, ``(width, height)``, or ``None`` to keep the size.
-        background: RGB colour under transparent pixels (RGBA, LA, PA, P/L/RGB with a
-            transparency key).
-
-    EXIF orientation is applied before resizing. Raises :class:`ImageLoadError` when the
-    file is missing, not an image, corrupt or truncated.
-    """
-    name = _source_name(src)
-    target = _target_size(size) if size is not None else None
-    if isinstance(src, (bytes, bytearray)):
-        src = io.BytesIO(src)
-    try:
-        with Image.open(src) as opened:
-            if target is not None and opened.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is far larger
-                # than needed; both sides stay >= the largest target side, so any EXIF
-                # rotation still leaves enough pixels.
-                side = max(target)
-                opened.draft(None, (side, side))
-            opened.load()
-            img = opened
-            try:
-                ImageOps.exif_transpose(img, in_place=True)
-            except Exception:  # a broken EXIF block: the pixels are still good
-                pass
-            img = to_rgb(img, background)
-            if target is not None:
-                img = resize_center_crop(img, target)
-            if img is opened:
-                img = img.copy()  # detach from the (closing) file
-    except FileNotFoundError:
-        raise ImageLoadError(name, "file not found") from None
-    except Image.UnidentifiedImageError:
-        raise ImageLoadError(name, "not a recognised image format") from None
-    except Exception as e:  # corrupt data surfaces as OSError, SyntaxError, ValueError, ...
-        raise ImageLoadError(name, f"{type(e).__name__}: {e}") from None
-    return img
-
-
-def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float tensor (3, H, W) in [-1, 1]."""
-    if img.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {img.mode!r}; use load_image or to_rgb")
-    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)  # (3, H, W)
-
-
-def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    """Float tensor (B, 3, H, W) in [-1, 1] -> RGB PIL images (the inverse of :func:`image_to_tensor`)."""
-    arrays = ((pixels.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arrays]
 
 
 def verify_image(path: str | os.PathLike) -> str | None:

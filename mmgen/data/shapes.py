@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from mmgen.config import Config, ConfigError, atomic_write_bytes
+from mmgen.text.rewrite import PROMPT_REWRITES
 
 # --------------------------------------------------------------------------------------
 # Vocabulary
@@ -629,8 +630,9 @@ def canonical_caption(text: str) -> str:
     return converse_caption(text) if relation in ("right of", "below") else text
 
 
-# Rewrites of captions (training) and prompts (sampling) by name, as bundles record them.
-CAPTION_REWRITES: dict[str, Callable[[str], str]] = {"canonical_relations": canonical_caption}
+# Rewrites of captions (training) and prompts (sampling) by name, as bundles record them: the one
+# registry lives in mmgen.text.rewrite (the pipeline reads it without importing this module).
+CAPTION_REWRITES = PROMPT_REWRITES
 
 
 # --------------------------------------------------------------------------------------

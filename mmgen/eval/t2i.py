@@ -150,7 +150,7 @@ def evaluate_t2i(
         images = []
         for start in range(0, len(items), batch_size):
             chunk = [t for t, _, _ in items[start : start + batch_size]]
-            images += pipe(chunk, num_images=1, seed=sample_seed + start, **sampling)
+            images += pipe(chunk, num_images=1, seed=sample_seed + start, **sampling).images
         truth, codes = ground_truth(pipe, [scene for _, _, scene in items])
         roundtrip = pipe.decode_codes(codes)
         specs = [spec for _, spec, _ in items]

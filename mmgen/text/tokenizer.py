@@ -308,6 +308,7 @@ class TextTokenizer:
         padding_side: str = "right",
         return_tensors: Optional[str] = "pt",
         add_special_tokens: bool = True,
+        return_details: bool = False,
     ) -> dict[str, Any]:
         """Encode and pad a batch: ``{"input_ids", "attention_mask"}``, each ``(B, T)``.
 
@@ -319,8 +320,40 @@ class TextTokenizer:
             return_tensors: ``"pt"`` for ``torch.long`` tensors, ``None`` for lists of lists.
 
         ``attention_mask`` is 1 on real tokens and 0 on padding. Truncation warns once for the
-        whole batch.
+        whole batch, unless ``return_details``: then the caller reports it, from three more lists
+        (one entry per text): ``"dropped"`` (tokens cut off), ``"dropped_from"`` (the character
+        where the cut-off text starts, or None) and ``"unknown"`` (the pieces of text that became
+        the unk token). They come from the same encoding as the ids, so they describe exactly
+        what the model reads.
         """
+        self._check_batch_options(texts, max_length, padding, padding_side, return_tensors)
+        rows, details = self._encode_rows(texts, max_length, add_special_tokens)
+        n_truncated = sum(dropped > 0 for dropped in details["dropped"])
+        if n_truncated and not return_details:
+            warnings.warn(
+                f"{n_truncated} of {len(rows)} input(s) truncated to max_length={max_length}: "
+                f"{sum(details['dropped'])} token(s) dropped in all",
+                TruncationWarning,
+                stacklevel=2,
+            )
+
+        width = max_length if padding == "max_length" else max(len(r) for r in rows)
+        input_ids, attention_mask = _pad_rows(rows, width, self.pad_id, padding_side)
+        extra = details if return_details else {}
+        if return_tensors == "pt":
+            import torch  # only here: the tokenizer itself works without torch
+
+            return {
+                "input_ids": torch.tensor(input_ids, dtype=torch.long),  # (B, T)
+                "attention_mask": torch.tensor(attention_mask, dtype=torch.long),  # (B, T)
+                **extra,
+            }
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
+
+    def _check_batch_options(
+        self, texts: Any, max_length: Any, padding: str, padding_side: str, return_tensors: Optional[str]
+    ) -> None:
+        """Refuse what :meth:`encode_batch` cannot do, before any text is encoded."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
         if len(texts) == 0:
@@ -339,39 +372,25 @@ class TextTokenizer:
         if self.pad_id is None:
             raise ValueError("this tokenizer has no pad token, so it cannot pad a batch")
 
+    def _encode_rows(
+        self, texts: Sequence[str], max_length: Optional[int], add_special_tokens: bool
+    ) -> tuple[list[list[int]], dict[str, list]]:
+        """Each text's ids (truncated, template applied) and what :meth:`encode_batch` reports of
+        them with ``return_details``: tokens dropped, where the dropped text starts, unknown pieces."""
         # The Rust side encodes the batch in parallel; truncation and templates are ours so
         # we can count what is dropped.
         raws = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        rows, n_truncated, n_dropped = [], 0, 0
-        for raw in raws:
+        rows: list[list[int]] = []
+        details: dict[str, list] = {"dropped": [], "dropped_from": [], "unknown": []}
+        unk = self.unk_id
+        for text, raw in zip(texts, raws):
+            offsets = raw.offsets  # (start, end) characters of each token, read before truncating
+            details["unknown"].append([text[a:b] for i, (a, b) in zip(raw.ids, offsets) if i == unk])
             ids, dropped = self._finish(raw, max_length, add_special_tokens)
             rows.append(ids)
-            n_truncated += dropped > 0
-            n_dropped += dropped
-        if n_truncated:
-            warnings.warn(
-                f"{n_truncated} of {len(rows)} input(s) truncated to max_length={max_length}: "
-                f"{n_dropped} token(s) dropped in all",
-                TruncationWarning,
-                stacklevel=2,
-            )
-
-        width = max_length if padding == "max_length" else max(len(r) for r in rows)
-        input_ids, attention_mask = [], []
-        for ids in rows:
-            pad = [self.pad_id] * (width - len(ids))
-            real = [1] * len(ids)
-            zeros = [0] * len(pad)
-            input_ids.append(ids + pad if padding_side == "right" else pad + ids)
-            attention_mask.append(real + zeros if padding_side == "right" else zeros + real)
-        if return_tensors == "pt":
-            import torch  # only here: the tokenizer itself works without torch
-
-            return {
-                "input_ids": torch.tensor(input_ids, dtype=torch.long),  # (B, T)
-                "attention_mask": torch.tensor(attention_mask, dtype=torch.long),  # (B, T)
-            }
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+            details["dropped"].append(dropped)
+            details["dropped_from"].append(offsets[len(offsets) - dropped][0] if dropped else None)
+        return rows, details
 
     def _finish(self, raw: Encoding, max_length: Optional[int], add_special_tokens: bool) -> tuple[list[int], int]:
         """Truncate a special-free encoding to leave room for the template, then apply it.
@@ -795,6 +814,18 @@ def _checked_texts(texts: Iterable[Any]) -> Iterator[str]:
         if not isinstance(text, str):
             raise TypeError(f"training texts must be strings; item {i} is a {type(text).__name__}")
         yield text
+
+
+def _pad_rows(rows: Sequence[list[int]], width: int, pad_id: int, side: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Rows padded to ``width`` with ``pad_id`` on ``side`` ("right" or "left"), and their
+    attention masks (1 on real tokens, 0 on padding)."""
+    input_ids, attention_mask = [], []
+    for ids in rows:
+        pad = [pad_id] * (width - len(ids))
+        real, zeros = [1] * len(ids), [0] * len(pad)
+        input_ids.append(ids + pad if side == "right" else pad + ids)
+        attention_mask.append(real + zeros if side == "right" else zeros + real)
+    return input_ids, attention_mask
 
 
 def _check_text(text: Any, name: str) -> None:
