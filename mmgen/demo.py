@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -208,7 +209,266 @@ def _folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# The run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoRun:
+    """What the stages share: the options, the work folder, and the record of how the bundle was
+    made (``model_index.json``'s ``"training"``), which each stage adds to."""
+
+    args: argparse.Namespace
+    out: Path  # the work folder: one sub-folder per stage
+    bundle: Path
+    record: dict[str, Any]
+    # --reuse keeps an earlier run's stages, and with them what that run recorded about them
+    # (training summaries, timings), read back from the bundle it wrote; empty otherwise
+    previous: dict[str, Any]
+    t0: float  # when the run started (the progress lines count from it)
+    timings: dict[str, float] = field(default_factory=dict)
+    made_by: dict[str, str] = field(default_factory=dict)  # stage -> the command that ran it (an earlier one's when reused)
+    reused: list[str] = field(default_factory=list)
+
+    def finished(self, folder: Path) -> bool:
+        """Whether --reuse keeps the training stage whose output is ``folder``."""
+        return self.args.reuse and (folder / "model" / "config.json").is_file()
+
+    def earlier_maker(self, name: str) -> Optional[str]:
+        """The command of the earlier run that made stage ``name``, as recorded_command writes it."""
+        previous = self.previous
+        if name in previous.get("made_by", {}):
+            command = previous["made_by"][name]
+        elif name in previous.get("reused_stages", []):  # bundles from before made_by
+            command = previous.get("earlier_command")
+        else:
+            command = previous.get("command")
+        prefix = "mmgen train-demo "
+        return recorded_command(command[len(prefix):].split()) if command and command.startswith(prefix) else command
+
+    def stage_done(self, name: str, start: float, message: str, was_reused: bool = False) -> None:
+        """Record stage ``name``'s time and maker (an earlier run's when reused) and print its line."""
+        self.timings[name] = round(time.time() - start, 1)
+        self.made_by[name] = (self.earlier_maker(name) if was_reused else None) or self.record["command"]
+        if was_reused:
+            self.reused.append(name)
+            self.timings[name] = self.previous.get("timings_s", {}).get(name, self.timings[name])
+            if name in self.previous and name not in self.record:
+                self.record[name] = self.previous[name]
+            message += " (reused)"
+        _progress(name, f"{message} in {self.timings[name]:.0f} s", self.t0)
+
+
+def start_run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Optional[DemoRun]:
+    """Check the options and set up the work folder; None (the reason on stderr) when refused.
+
+    A bad --t2i-override fails here, not after the VQ stage's minutes.
+    """
+    from mmgen.config import ConfigError, read_json
+    from mmgen.training.config import load_experiment
+
+    try:
+        load_experiment(str(CONFIGS / "t2i_shapes.yaml"), list(args.t2i_override))
+    except ConfigError as e:
+        print(f"mmgen train-demo: error: --t2i-override: {e}", file=sys.stderr)
+        return None
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    bundle = Path(args.bundle) if args.bundle else out / "bundle"
+    if out.exists() and not args.reuse and any(out.iterdir()):
+        print(f"mmgen train-demo: error: {out} is not empty; pass --reuse to keep its finished stages, "
+              f"or pick another --out", file=sys.stderr)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
+                              "command": recorded_command(argv if argv is not None else sys.argv[1:])}
+    previous: dict[str, Any] = {}
+    if args.reuse and (bundle / "model_index.json").is_file():
+        previous = read_json(bundle / "model_index.json").get("training", {})
+    return DemoRun(args=args, out=out, bundle=bundle, record=record, previous=previous, t0=t0)
+
+
+# The stages ------------------------------------------------------------------------------
+
+
+def vq_stage(run: DemoRun):
+    """1. The VQ tokenizer on the shapes world; returns it, checked by the shapes reader after a round trip."""
+    from mmgen.eval.t2i import shapes_reader_roundtrip
+    from mmgen.models.vq import VQModel
+
+    args, s = run.args, time.time()
+    vq_dir = run.out / "vq"
+    reused = run.finished(vq_dir)
+    if not reused:
+        shutil.rmtree(vq_dir, ignore_errors=True)
+        run.record["vq"] = _train(CONFIGS / "vq_shapes.yaml", vq_dir, args.vq_minutes, args.seed,
+                                  [f"--data.seed={args.seed}"])
+    elif "vq" in run.previous:  # keep its training record; the round trip is measured again below
+        run.record["vq"] = dict(run.previous["vq"])
+    vq = VQModel.from_pretrained(vq_dir / "model")
+    roundtrip = shapes_reader_roundtrip(vq, n=200)
+    run.record.setdefault("vq", {})["shapes_reader_roundtrip"] = roundtrip
+    run.stage_done("vq", s, f"VQ trained; shapes reader after the round trip: exact {roundtrip['exact']:.3f}", reused)
+    return vq
+
+
+def codes_stage(run: DemoRun, vq) -> None:
+    """2. ``--n-images`` shapes images (``--two-objects`` of them two-object scenes) encoded into VQ codes."""
+    from mmgen.data.pretokenize import _ShapesImages, encode_dataset
+
+    args, s = run.args, time.time()
+    codes_dir = run.out / "codes"
+    reused = args.reuse and (codes_dir / "meta.json").is_file()
+    if not reused:
+        items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size, p_two_objects=args.two_objects)
+        encode_dataset(vq, items, codes_dir, source=items.source, overwrite=True, progress=False)
+    grid = vq.config.grid_size
+    run.stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {grid}x{grid} codes", reused)
+
+
+def t2i_stage(run: DemoRun, vq) -> None:
+    """3. The text-to-image model on those codes (configs/t2i_shapes.yaml, ``--t2i-override`` on top).
+
+    The recipe scores codes by their factors; when this VQ's codes do not survive the factors'
+    merge (check_code_factors), the model gets a table of codes instead.
+    """
+    args, s = run.args, time.time()
+    t2i_dir, codes_dir = run.out / "t2i", run.out / "codes"
+    reused = args.reuse and (t2i_dir / "model" / "model_index.json").is_file()
+    if not reused:
+        shutil.rmtree(t2i_dir, ignore_errors=True)
+        overrides = [f"--data.path={codes_dir}", f"--data.vq={run.out / 'vq' / 'model'}", *args.t2i_override]
+        codes_check = check_code_factors(vq, codes_dir, overrides)
+        if codes_check.get("code_embedding") == "table":
+            overrides.append("--model.image_decoder.code_embedding=table")
+        run.record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed, overrides,
+                                   processes=args.processes)
+        if codes_check:
+            run.record["t2i"]["code_factors_check"] = codes_check
+    run.stage_done("t2i", s, "text-to-image model trained", reused)
+
+
+def text_model_stages(run: DemoRun) -> None:
+    """4. Small GPT and BERT models on Tiny Shakespeare for the text tabs; each skipped, with a
+    message, when the corpus is missing or its minutes are 0."""
+    args, corpus = run.args, SHAKESPEARE
+    if not corpus.is_file() and args.shakespeare:
+        from mmgen.data.text import main as data_text_main
+
+        data_text_main(["--source", "shakespeare", "--from", args.shakespeare])
+    for name, config, minutes in (("gpt", "gpt_shakespeare_char.yaml", args.gpt_minutes),
+                                  ("bert", "bert_shakespeare.yaml", args.bert_minutes)):
+        s = time.time()
+        if not corpus.is_file():
+            print(f"[train-demo] {name:<6} skipped: {corpus} is missing (run `mmgen data text --source shakespeare "
+                  f"[--from FILE]` or pass --shakespeare FILE); the bundle will have no {name}/ tab", flush=True)
+            continue
+        if minutes <= 0:
+            print(f"[train-demo] {name:<6} skipped (--{name}-minutes 0)", flush=True)
+            continue
+        folder = run.out / name
+        reused = run.finished(folder)
+        if not reused:
+            shutil.rmtree(folder, ignore_errors=True)
+            # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.
+            small = ["--model.dim=128", "--model.n_heads=4", "--train.eval_batches=8", "--train.sample_every=0"]
+            run.record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *small])
+        run.stage_done(name, s, f"{name.upper()} trained on {corpus}", reused)
+
+
+def tune_stage(run: DemoRun):
+    """5. The sampling defaults, searched on validation prompts (seed 999, which the final
+    evaluation does not use); ``--tune-minutes 0`` keeps the pipeline's. Returns the pipeline and them."""
+    from mmgen.pipelines import TextToImagePipeline
+
+    args, s = run.args, time.time()
+    pipe = TextToImagePipeline.from_pretrained(run.out / "t2i" / "model")
+    defaults = dict(pipe.defaults)
+    trials: list[dict] = []
+    if args.tune_minutes > 0:
+        best, trials = tune_sampling(pipe, args.tune_n, seed=999, budget_s=args.tune_minutes * 60)
+        defaults.update(best)
+    run.record["sampling_search"] = {"prompt_seed": 999, "n_per_group": args.tune_n, "trials": trials}
+    run.stage_done("tune", s, f"sampling defaults {defaults}")
+    return pipe, defaults
+
+
+def bundle_stage(run: DemoRun, pipe, defaults: dict[str, Any]) -> None:
+    """6. The bundle: fp16 weights, the text models beside the text-to-image ones, and the record,
+    with the figures of the saved bundle. Built under a temporary name, then renamed into place."""
+    import torch
+
+    s = time.time()
+    tmp = run.bundle.with_name(f".{run.bundle.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.defaults = defaults
+    pipe.model_id = "mmgen-demo-shapes"
+    pipe.extras = {}
+    for name in ("gpt", "bert"):
+        if (run.out / name / "model" / "config.json").is_file():
+            _copy_text_model(run.out / name / "model", tmp / name)
+    run.record["timings_s"] = run.timings
+    run.record["made_by"] = run.made_by
+    if run.reused:
+        run.record["reused_stages"] = run.reused
+    pipe.save_pretrained(tmp, dtype=torch.float16, extra={"training": run.record})
+    results = _evaluate_bundle(run, tmp, defaults, s)
+    size = _folder_mb(tmp)
+    if size > BUNDLE_LIMIT_MB:
+        print(f"[train-demo] warning: the bundle is {size:.1f} MB, over the {BUNDLE_LIMIT_MB:.0f} MB limit", file=sys.stderr)
+    shutil.rmtree(run.bundle, ignore_errors=True)
+    tmp.rename(run.bundle)
+    run.stage_done("bundle", s, f"bundle written to {run.bundle} ({size:.1f} MB), exact {results['summary']}")
+
+
+def _evaluate_bundle(run: DemoRun, folder: Path, defaults: dict[str, Any], started: float) -> dict[str, Any]:
+    """``mmgen eval t2i`` on the saved bundle in ``folder``, written into its model_index.json
+    with the final timings; returns the results.
+
+    The figures are those of the saved (fp16) bundle, on prompts (seed 1234) the search never saw.
+    """
+    from mmgen.config import atomic_write_text
+    from mmgen.eval.t2i import evaluate_t2i, format_report
+    from mmgen.pipelines import TextToImagePipeline
+
+    args = run.args
+    shipped = TextToImagePipeline.from_pretrained(folder)
+    sampling = {k: v for k, v in defaults.items() if k in ("guidance_scale", "temperature", "top_k", "top_p", "candidates")}
+    results = evaluate_t2i(shipped, n_per_group=args.eval_n, seed=1234, contact_sheet=str(run.out / "contact_sheet.png"),
+                           progress=False, **sampling)
+    print(format_report(results), flush=True)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["eval"] = {"command": "mmgen eval t2i --bundle BUNDLE", "n_per_group": args.eval_n, "prompt_seed": 1234,
+                     **{g: r for g, r in results.items()}}
+    index["training"]["timings_s"] = {**run.timings, "bundle_and_eval": round(time.time() - started, 1)}
+    index["training"]["total_s"] = round(sum(index["training"]["timings_s"].values()), 1)  # reused stages included
+    atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
+    return results
+
+
+def ship_stage(run: DemoRun) -> None:
+    """--ship: the bundle becomes the packaged default (mmgen/assets/demo)."""
+    from mmgen.pipelines import DEMO_BUNDLE
+
+    shutil.rmtree(DEMO_BUNDLE, ignore_errors=True)
+    shutil.copytree(run.bundle, DEMO_BUNDLE)
+    _progress("ship", f"copied to {DEMO_BUNDLE}", run.t0)
+
+
+def done_stage(run: DemoRun) -> None:
+    """The last line: the whole run's time."""
+    _progress("done", f"total {time.time() - run.t0:.0f} s", run.t0)
+
+
+# The command -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmgen train-demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="work folder (stages write sub-folders here)")
@@ -235,195 +495,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--eval-n", type=int, default=50, help="prompts per group for the final evaluation")
     p.add_argument("--shakespeare", default=None, metavar="FILE",
                    help=f"Tiny Shakespeare text to import (`mmgen data text --from`) when {SHAKESPEARE} is missing")
-    args = p.parse_args(list(argv) if argv is not None else None)
+    return p
 
-    # a bad --t2i-override fails now, not after the VQ stage's minutes
-    from mmgen.config import ConfigError
-    from mmgen.training.config import load_experiment
 
-    try:
-        load_experiment(str(CONFIGS / "t2i_shapes.yaml"), list(args.t2i_override))
-    except ConfigError as e:
-        print(f"mmgen train-demo: error: --t2i-override: {e}", file=sys.stderr)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    run = start_run(args, argv)
+    if run is None:  # refused before any training
         return 2
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    out = Path(args.out)
-    bundle = Path(args.bundle) if args.bundle else out / "bundle"
-    if out.exists() and not args.reuse and any(out.iterdir()):
-        print(f"mmgen train-demo: error: {out} is not empty; pass --reuse to keep its finished stages, "
-              f"or pick another --out", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    timings: dict[str, float] = {}
-    record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
-                              "command": recorded_command(argv if argv is not None else sys.argv[1:])}
-
-    # --reuse keeps an earlier run's stages, and with them what that run recorded about them
-    # (training summaries, timings), read back from the bundle it wrote.
-    from mmgen.config import read_json
-
-    previous: dict[str, Any] = {}
-    if args.reuse and (bundle / "model_index.json").is_file():
-        previous = read_json(bundle / "model_index.json").get("training", {})
-    reused: list[str] = []
-    made_by: dict[str, str] = {}  # stage -> the command that ran it (an earlier one's when reused)
-
-    def earlier_maker(name: str) -> Optional[str]:
-        if name in previous.get("made_by", {}):
-            command = previous["made_by"][name]
-        elif name in previous.get("reused_stages", []):  # bundles from before made_by
-            command = previous.get("earlier_command")
-        else:
-            command = previous.get("command")
-        prefix = "mmgen train-demo "
-        return recorded_command(command[len(prefix):].split()) if command and command.startswith(prefix) else command
-
-    def stage_done(name: str, start: float, message: str, was_reused: bool = False) -> None:
-        timings[name] = round(time.time() - start, 1)
-        made_by[name] = (earlier_maker(name) if was_reused else None) or record["command"]
-        if was_reused:
-            reused.append(name)
-            timings[name] = previous.get("timings_s", {}).get(name, timings[name])
-            if name in previous and name not in record:
-                record[name] = previous[name]
-            message += " (reused)"
-        _progress(name, f"{message} in {timings[name]:.0f} s", t0)
-
-    def finished(folder: Path) -> bool:
-        return args.reuse and (folder / "model" / "config.json").is_file()
-
-    # 1. VQ ------------------------------------------------------------------------------
-    from mmgen.models.vq import VQModel
-
-    s = time.time()
-    vq_dir = out / "vq"
-    vq_reused = finished(vq_dir)
-    if not vq_reused:
-        shutil.rmtree(vq_dir, ignore_errors=True)
-        record["vq"] = _train(CONFIGS / "vq_shapes.yaml", vq_dir, args.vq_minutes, args.seed,
-                              [f"--data.seed={args.seed}"])
-    elif "vq" in previous:  # keep its training record; the round trip is measured again below
-        record["vq"] = dict(previous["vq"])
-    from mmgen.eval.t2i import shapes_reader_roundtrip
-
-    vq = VQModel.from_pretrained(vq_dir / "model")
-    roundtrip = shapes_reader_roundtrip(vq, n=200)
-    record.setdefault("vq", {})["shapes_reader_roundtrip"] = roundtrip
-    stage_done("vq", s, f"VQ trained; shapes reader after the round trip: exact {roundtrip['exact']:.3f}", vq_reused)
-
-    # 2. codes ---------------------------------------------------------------------------
-    from mmgen.data.pretokenize import _ShapesImages, encode_dataset
-
-    s = time.time()
-    codes_dir = out / "codes"
-    codes_reused = args.reuse and (codes_dir / "meta.json").is_file()
-    if not codes_reused:
-        items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size, p_two_objects=args.two_objects)
-        encode_dataset(vq, items, codes_dir, source=items.source, overwrite=True, progress=False)
-    stage_done("codes", s, f"{args.n_images:,} shapes images encoded into {vq.config.grid_size}x{vq.config.grid_size} codes", codes_reused)
-
-    # 3. text-to-image -------------------------------------------------------------------
-    s = time.time()
-    t2i_dir = out / "t2i"
-    t2i_reused = args.reuse and (t2i_dir / "model" / "model_index.json").is_file()
-    if not t2i_reused:
-        shutil.rmtree(t2i_dir, ignore_errors=True)
-        overrides = [f"--data.path={codes_dir}", f"--data.vq={vq_dir / 'model'}", *args.t2i_override]
-        codes_check = check_code_factors(vq, codes_dir, overrides)
-        if codes_check.get("code_embedding") == "table":
-            overrides.append("--model.image_decoder.code_embedding=table")
-        record["t2i"] = _train(CONFIGS / "t2i_shapes.yaml", t2i_dir, args.t2i_minutes, args.seed, overrides,
-                               processes=args.processes)
-        if codes_check:
-            record["t2i"]["code_factors_check"] = codes_check
-    stage_done("t2i", s, "text-to-image model trained", t2i_reused)
-
-    # 4. text models ---------------------------------------------------------------------
-    corpus = SHAKESPEARE
-    if not corpus.is_file() and args.shakespeare:
-        from mmgen.data.text import main as data_text_main
-
-        data_text_main(["--source", "shakespeare", "--from", args.shakespeare])
-    for name, config, minutes in (("gpt", "gpt_shakespeare_char.yaml", args.gpt_minutes),
-                                  ("bert", "bert_shakespeare.yaml", args.bert_minutes)):
-        s = time.time()
-        if not corpus.is_file():
-            print(f"[train-demo] {name:<6} skipped: {corpus} is missing (run `mmgen data text --source shakespeare "
-                  f"[--from FILE]` or pass --shakespeare FILE); the bundle will have no {name}/ tab", flush=True)
-            continue
-        if minutes <= 0:
-            print(f"[train-demo] {name:<6} skipped (--{name}-minutes 0)", flush=True)
-            continue
-        folder = out / name
-        text_reused = finished(folder)
-        if not text_reused:
-            shutil.rmtree(folder, ignore_errors=True)
-            # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.
-            small = ["--model.dim=128", "--model.n_heads=4", "--train.eval_batches=8", "--train.sample_every=0"]
-            record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *small])
-        stage_done(name, s, f"{name.upper()} trained on {corpus}", text_reused)
-
-    # 5. sampling defaults ---------------------------------------------------------------
-    from mmgen.eval.t2i import evaluate_t2i, format_report
-    from mmgen.pipelines import TextToImagePipeline
-
-    s = time.time()
-    pipe = TextToImagePipeline.from_pretrained(t2i_dir / "model")
-    defaults = dict(pipe.defaults)
-    trials: list[dict] = []
-    if args.tune_minutes > 0:
-        best, trials = tune_sampling(pipe, args.tune_n, seed=999, budget_s=args.tune_minutes * 60)
-        defaults.update(best)
-    record["sampling_search"] = {"prompt_seed": 999, "n_per_group": args.tune_n, "trials": trials}
-    stage_done("tune", s, f"sampling defaults {defaults}")
-
-    # 6. bundle --------------------------------------------------------------------------
-    s = time.time()
-    tmp = bundle.with_name(f".{bundle.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.defaults = defaults
-    pipe.model_id = "mmgen-demo-shapes"
-    pipe.extras = {}
-    for name in ("gpt", "bert"):
-        if (out / name / "model" / "config.json").is_file():
-            _copy_text_model(out / name / "model", tmp / name)
-    record["timings_s"] = timings
-    record["made_by"] = made_by
-    if reused:
-        record["reused_stages"] = reused
-    pipe.save_pretrained(tmp, dtype=torch.float16, extra={"training": record})
-    # The figures are those of the saved (fp16) bundle, on prompts the search never saw.
-    shipped = TextToImagePipeline.from_pretrained(tmp)
-    results = evaluate_t2i(shipped, n_per_group=args.eval_n, seed=1234, contact_sheet=str(out / "contact_sheet.png"),
-                           progress=False, **{k: v for k, v in defaults.items() if k in ("guidance_scale", "temperature", "top_k", "top_p", "candidates")})
-    print(format_report(results), flush=True)
-    index_path = tmp / "model_index.json"
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    index["eval"] = {"command": "mmgen eval t2i --bundle BUNDLE", "n_per_group": args.eval_n, "prompt_seed": 1234,
-                     **{g: r for g, r in results.items()}}
-    index["training"]["timings_s"] = {**timings, "bundle_and_eval": round(time.time() - s, 1)}
-    index["training"]["total_s"] = round(sum(index["training"]["timings_s"].values()), 1)  # reused stages included
-    from mmgen.config import atomic_write_text
-
-    atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
-    size = _folder_mb(tmp)
-    if size > BUNDLE_LIMIT_MB:
-        print(f"[train-demo] warning: the bundle is {size:.1f} MB, over the {BUNDLE_LIMIT_MB:.0f} MB limit", file=sys.stderr)
-    shutil.rmtree(bundle, ignore_errors=True)
-    tmp.rename(bundle)
-    stage_done("bundle", s, f"bundle written to {bundle} ({size:.1f} MB), exact {results['summary']}")
+    vq = vq_stage(run)
+    codes_stage(run, vq)
+    t2i_stage(run, vq)
+    text_model_stages(run)
+    pipe, defaults = tune_stage(run)
+    bundle_stage(run, pipe, defaults)
     if args.ship:
-        from mmgen.pipelines import DEMO_BUNDLE
-
-        shutil.rmtree(DEMO_BUNDLE, ignore_errors=True)
-        shutil.copytree(bundle, DEMO_BUNDLE)
-        _progress("ship", f"copied to {DEMO_BUNDLE}", t0)
-    _progress("done", f"total {time.time() - t0:.0f} s", t0)
+        ship_stage(run)
+    done_stage(run)
     return 0
 
 

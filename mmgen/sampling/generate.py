@@ -13,8 +13,30 @@ from .processors import SamplingParams, decode_step, draw, make_generators, proc
 StepCallback = Callable[[int, torch.Tensor], None]
 
 
-class Cancelled(Exception):
-    """Raised inside a generation loop when its cancel flag is set (caught by generate)."""
+def _check_lengths(input_ids: torch.Tensor, max_new_tokens: int, max_len: int) -> None:
+    """Refuse a batch that is not (B, T), or a prompt whose new tokens would run past the model's positions."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if input_ids.dim() != 2 or input_ids.size(1) == 0:
+        raise ValueError("input_ids must be (batch, length) with at least one token per row")
+    T = input_ids.size(1)
+    if T + max_new_tokens > max_len:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's {max_len} positions")
+
+
+def _padding(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], max_new_tokens: int):
+    """The mask over prompt + new tokens (B, T + n), the prompt's positions (B, T) and the first
+    new token's (B, 1), for left-padded prompts; three Nones when no row is padded.
+
+    Positions count from each row's first real token, so a padded prompt is read as if alone.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None, None, None  # no padding: skip masks entirely (faster kernels)
+    B, T = input_ids.shape
+    mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+    mask[:, :T] = attention_mask
+    positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+    return mask, positions, positions[:, -1:] + 1
 
 
 @torch.inference_mode()
@@ -45,35 +67,20 @@ def generate(
     ``compile`` runs the decode steps through ``torch.compile`` (see :func:`decode_step`).
     """
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if input_ids.dim() != 2 or input_ids.size(1) == 0:
-        raise ValueError("input_ids must be (batch, length) with at least one token per row")
+    _check_lengths(input_ids, max_new_tokens, model.config.max_len)
     B, T = input_ids.shape
     device = input_ids.device
-    config = model.config
-    if T + max_new_tokens > config.max_len:
-        raise ValueError(
-            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's {config.max_len} positions"
-        )
     if generators is None and seed is not None:
         generators = make_generators(seed, B)
+    mask, positions, next_position = _padding(input_ids, attention_mask, max_new_tokens)
 
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None  # no padding: skip masks entirely (faster kernels)
-    if attention_mask is not None:
-        mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=device)
-        mask[:, :T] = attention_mask
-        positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-        next_position = positions[:, -1:] + 1  # (B, 1)
-    else:
-        mask, positions, next_position = None, None, None
-
+    # Prefill: the whole prompt in one forward pass fills the cache and gives the first logits.
     dtype = next(model.parameters()).dtype
-    cache = KVCache.for_config(config, B, max_len=T + max_new_tokens, dtype=dtype, device=device)
+    cache = KVCache.for_config(model.config, B, max_len=T + max_new_tokens, dtype=dtype, device=device)
     logits, _ = model(
         input_ids, attention_mask=None if mask is None else mask[:, :T], position_ids=positions, cache=cache, last_only=True
     )
+    # Decode: one token per step, each step reading the cache instead of the whole sequence.
     step_model = decode_step(model, compile)
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     history = input_ids  # tokens seen so far, for the repetition penalty

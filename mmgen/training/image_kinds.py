@@ -11,7 +11,7 @@ the YAML sets ``model.text_vocab_size``). The export is a complete bundle when `
 the VQ the codes were made with: ``text_encoder/``, ``image_decoder/``, ``text_tokenizer/``,
 ``vq/`` and ``model_index.json``, loadable with ``TextToImagePipeline.from_pretrained``.
 
-Registered by the last line of :mod:`mmgen.training.registry`.
+Listed in :data:`mmgen.training.registry.KINDS`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from torch.utils.data import Dataset, Subset
 
 from mmgen.config import Config, ConfigError, TextEncoderConfig, TextToImageConfig, read_json
 from mmgen.models.vq import VQConfig
-from mmgen.training.registry import ModelKind, register_kind
-from mmgen.training.trainer import TrainingData
+from mmgen.training.kind import ModelKind, TrainingData
 
-__all__ = ["CodesDataConfig", "ShapesImagesDataConfig", "T2IModelConfig"]
+__all__ = ["T2I_KIND", "VQ_KIND", "CodesDataConfig", "ShapesImagesDataConfig", "T2IModelConfig"]
 
 
 # --------------------------------------------------------------------------------------
@@ -331,6 +330,5 @@ def _build_t2i(cfg: T2IModelConfig) -> nn.Module:
     return model
 
 
-register_kind(ModelKind("vq", VQConfig, ShapesImagesDataConfig, _build_vq, _build_vq_data))
-register_kind(ModelKind("t2i", T2IModelConfig, CodesDataConfig, _build_t2i, _build_t2i_data,
-                        data_fields=("text_vocab_size",)))
+VQ_KIND = ModelKind("vq", VQConfig, ShapesImagesDataConfig, _build_vq, _build_vq_data)
+T2I_KIND = ModelKind("t2i", T2IModelConfig, CodesDataConfig, _build_t2i, _build_t2i_data, data_fields=("text_vocab_size",))

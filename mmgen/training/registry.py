@@ -1,157 +1,33 @@
-"""Model kinds the trainer knows: a name -> (model config class, data config class, builders).
+"""Model kinds the trainer knows: ``model.kind`` -> :class:`~mmgen.training.kind.ModelKind`.
 
-``model.kind`` in an experiment YAML is looked up here; nothing in a YAML file is an import path.
-Another model registers itself with :func:`register_kind`::
+``model.kind`` in an experiment YAML is looked up in :data:`KINDS`; nothing in a YAML file is an
+import path. A new model kind is a ``ModelKind`` in its own module (as ``text_kinds`` and
+``image_kinds``), added to the dict below::
 
-    register_kind(ModelKind(
-        name="vq", config_class=VQConfig, data_config_class=ShapesDataConfig,
-        build_model=lambda cfg: VQModel(cfg),
-        build_data=build_shapes_data,        # (data_cfg, model_cfg, seed) -> TrainingData
-    ))
+    ModelKind(name="vq", config_class=VQConfig, data_config_class=ShapesImagesDataConfig,
+              build_model=_build_vq,         # model config -> fresh model
+              build_data=_build_vq_data)     # (data_cfg, model_cfg, seed) -> TrainingData
 
-Model and data modules are imported inside the builders, so reading a config never imports
-model code.
+The kinds' modules never import this one: the dict is built here, from them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from mmgen.config import ConfigError
+from mmgen.training.image_kinds import T2I_KIND, VQ_KIND
+from mmgen.training.kind import ModelKind
+from mmgen.training.text_kinds import BERT_KIND, GPT_KIND
 
-import torch
-from torch import nn
+__all__ = ["KINDS", "ModelKind", "get_kind", "kinds"]
 
-from mmgen.config import BERTConfig, Config, ConfigError, GPTConfig
-from mmgen.data.text import MaskedTextDataConfig, TextDataConfig
-from mmgen.training.trainer import TrainingData
-
-__all__ = ["ModelKind", "get_kind", "kinds", "register_kind"]
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    name: str
-    config_class: type[Config]  # the ``model`` section
-    data_config_class: type[Config]  # the ``data`` section
-    build_model: Callable[[Config], nn.Module]  # model config -> fresh model
-    build_data: Callable[[Config, Config, int], TrainingData]  # (data config, model config, seed) -> data
-    data_fields: tuple[str, ...] = ()  # model fields the data can decide when the YAML leaves them out
-
-
-_KINDS: dict[str, ModelKind] = {}
-
-
-def register_kind(kind: ModelKind) -> ModelKind:
-    if kind.name in _KINDS and _KINDS[kind.name] != kind:
-        raise ValueError(f"model kind {kind.name!r} is already registered")
-    _KINDS[kind.name] = kind
-    return kind
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (GPT_KIND, BERT_KIND, VQ_KIND, T2I_KIND)}
 
 
 def get_kind(name: str) -> ModelKind:
-    if name not in _KINDS:
-        raise ConfigError(f"model.kind: unknown kind {name!r}; known kinds: {', '.join(sorted(_KINDS))}")
-    return _KINDS[name]
+    if name not in KINDS:
+        raise ConfigError(f"model.kind: unknown kind {name!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return KINDS[name]
 
 
 def kinds() -> list[str]:
-    return sorted(_KINDS)
-
-
-# --------------------------------------------------------------------------------------
-# GPT and BERT on text corpora
-# --------------------------------------------------------------------------------------
-
-
-def _text_setup(data_cfg: TextDataConfig, model_cfg: Config):
-    from mmgen.data.text import load_text_tokenizer, prepare_corpus
-
-    tokenizer = load_text_tokenizer(data_cfg)
-    if tokenizer.pad_id is not None and tokenizer.pad_id != model_cfg.pad_token_id:
-        raise ConfigError(f"model.pad_token_id={model_cfg.pad_token_id} but the tokenizer's pad id is {tokenizer.pad_id}")
-    block = data_cfg.block_size or model_cfg.max_len
-    if block > model_cfg.max_len:
-        raise ConfigError(f"data.block_size={block} exceeds model.max_len={model_cfg.max_len}")
-    corpus = prepare_corpus(data_cfg, tokenizer)
-    info = {"tokens": f"{len(corpus.train):,} train / {len(corpus.val):,} val",
-            "vocabulary": f"{tokenizer.vocab_size} ({tokenizer.kind})", "block": block}
-    return tokenizer, corpus, block, info
-
-
-def _build_gpt_data(data_cfg: TextDataConfig, model_cfg: GPTConfig, seed: int) -> TrainingData:
-    from mmgen.data.text import TokenWindows, collate_windows
-
-    tokenizer, corpus, block, info = _text_setup(data_cfg, model_cfg)
-    return TrainingData(train=TokenWindows(corpus.train, block), val=TokenWindows(corpus.val, block),
-                        collate_fn=collate_windows, tokenizer=tokenizer, sample_fn=sample_gpt, info=info,
-                        model_fields={"vocab_size": tokenizer.vocab_size})
-
-
-def _build_bert_data(data_cfg: MaskedTextDataConfig, model_cfg: BERTConfig, seed: int) -> TrainingData:
-    from mmgen.data.text import MaskedTokenWindows, collate_windows
-
-    tokenizer, corpus, block, info = _text_setup(data_cfg, model_cfg)
-    if tokenizer.mask_id is None:
-        raise ConfigError(f"data.tokenizer={data_cfg.tokenizer} has no mask token; BERT needs one (use wordpiece)")
-    common = dict(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
-                  special_ids=tokenizer.all_special_ids, probability=data_cfg.mlm_probability)
-    return TrainingData(train=MaskedTokenWindows(corpus.train, block, seed=seed, **common),
-                        val=MaskedTokenWindows(corpus.val, block, seed=seed + 1, **common),
-                        collate_fn=collate_windows, tokenizer=tokenizer, sample_fn=sample_bert, info=info,
-                        model_fields={"vocab_size": tokenizer.vocab_size})
-
-
-def _build_gpt(cfg: GPTConfig) -> nn.Module:
-    from mmgen.models.gpt import GPT
-
-    return GPT(cfg)
-
-
-def _build_bert(cfg: BERTConfig) -> nn.Module:
-    from mmgen.models.bert import BERT
-
-    return BERT(cfg)
-
-
-def sample_gpt(model: nn.Module, data: TrainingData, train_cfg, generator: torch.Generator) -> str:
-    """Continue ``train.sample_prompt`` (default: a newline) for ``train.sample_length`` tokens."""
-    from mmgen.sampling import generate
-
-    tokenizer = data.tokenizer
-    ids = tokenizer.encode(train_cfg.sample_prompt or "\n", add_special_tokens=False) or [tokenizer.eos_id or 0]
-    ids = ids[-(model.config.max_len - 1):]
-    n_new = min(train_cfg.sample_length, model.config.max_len - len(ids))
-    device = next(model.parameters()).device
-    new = generate(model, torch.tensor([ids], device=device), max_new_tokens=n_new, temperature=1.0,
-                   generators=[generator])
-    # a model.vocab_size above the tokenizer's leaves rows no text maps to; skip them if drawn
-    return tokenizer.decode([i for i in ids + new[0].tolist() if i < tokenizer.vocab_size])
-
-
-def sample_bert(model: nn.Module, data: TrainingData, train_cfg, generator: torch.Generator) -> str:
-    """Fill the masks of ``train.sample_prompt`` (or of the first validation window) with the top guesses."""
-    tokenizer = data.tokenizer
-    if train_cfg.sample_prompt:
-        ids = torch.tensor([tokenizer.encode(train_cfg.sample_prompt)])
-        truth = None
-    else:
-        item = data.val[0]
-        ids, truth = torch.from_numpy(item["input_ids"][None]), item["labels"]
-    device = next(model.parameters()).device
-    logits, _ = model(ids.to(device))  # (1, T, V)
-    masked = (ids[0] == tokenizer.mask_id).nonzero().flatten().tolist()
-    filled = ids[0].clone()
-    lines = []
-    for pos in masked:
-        top = logits[0, pos].float().softmax(-1).topk(3)
-        filled[pos] = top.indices[0]
-        guesses = ", ".join(f"{tokenizer.decode([int(i)])!r} {float(p):.2f}" for p, i in zip(top.values, top.indices))
-        want = f" (truth {tokenizer.decode([int(truth[pos])])!r})" if truth is not None else ""
-        lines.append(f"  position {pos}: {guesses}{want}")
-    masked_text = tokenizer.decode(ids[0].tolist(), skip_special_tokens=False)
-    return f"input:  {masked_text}\nfilled: {tokenizer.decode(filled.tolist())}\n" + "\n".join(lines)
-
-
-register_kind(ModelKind("gpt", GPTConfig, TextDataConfig, _build_gpt, _build_gpt_data, data_fields=("vocab_size",)))
-register_kind(ModelKind("bert", BERTConfig, MaskedTextDataConfig, _build_bert, _build_bert_data, data_fields=("vocab_size",)))
-import mmgen.training.image_kinds  # noqa: E402,F401  (registers the vq and t2i kinds)
+    return sorted(KINDS)

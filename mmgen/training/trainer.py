@@ -28,11 +28,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mmgen.config import ConfigError, atomic_write_text
@@ -45,6 +45,7 @@ from mmgen.training.checkpoints import (
 )
 from mmgen.training.config import ExperimentConfig, TrainConfig
 from mmgen.training.ema import EMA
+from mmgen.training.kind import TrainingData
 from mmgen.training.metrics import MetricsLogger
 from mmgen.training.optim import build_optimizer, lr_at
 from mmgen.training.sampler import ShardedStreamSampler, position_of
@@ -56,21 +57,6 @@ STATE_FORMAT = 1
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradients were NaN/inf for too many steps in a row."""
-
-
-@dataclass
-class TrainingData:
-    """What a model kind's data builder hands the trainer."""
-
-    train: Dataset  # map-style; item -> dict of arrays, batched by collate_fn into model(**batch)
-    val: Optional[Dataset] = None
-    collate_fn: Callable[[list], dict[str, torch.Tensor]] = default_collate
-    tokenizer: Any = None  # saved next to the exported model (tokenizer.json) when given
-    sample_fn: Optional[Callable[..., str]] = None  # (model, data, train_config, generator) -> text to log
-    unit: str = "tokens"  # what the throughput counts: "tokens" (input_ids) or "samples"
-    info: dict[str, Any] = field(default_factory=dict)  # logged once at the start (corpus sizes, ...)
-    model_fields: dict[str, Any] = field(default_factory=dict)  # what the data says the model needs (vocab_size)
-    prepare_model: Optional[Callable[[nn.Module], None]] = None  # fills what the data knows into a fresh model
 
 
 def native_bf16() -> bool:
@@ -121,6 +107,54 @@ def _count_units(batch: dict[str, torch.Tensor], unit: str) -> int:
     return int(first.shape[0])
 
 
+_RESUME_CONSEQUENCE = {  # what differs when a run resumes with another value of the key
+    "num_processes": "the data order and global batch are unchanged, but per-process RNG "
+                     "states (dropout) are not all restored",
+    "seed": "the data order from here on differs",
+    "batch_size": "the data position is kept (samples seen), the schedule and steps differ",
+}
+
+
+@dataclass
+class _Run:
+    """The prepared objects of a run: the model and optimizer as Accelerate wraps them, the bare
+    model (for its config, metrics and export) and the EMA."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    unwrapped: nn.Module
+    ema: Optional[EMA]
+
+
+@dataclass
+class _Progress:
+    """Where a run stands (what a checkpoint records, and resuming reads back) and what it last measured."""
+
+    step: int = 0
+    samples_seen: int = 0
+    elapsed: float = 0.0  # training seconds, continued across resumes (rank 0's clock)
+    bad_in_a_row: int = 0  # non-finite steps in a row (the NaN guard)
+    resumed_from: Optional[str] = None
+    last_ckpt_step: int = 0  # the step of the newest checkpoint (never written twice)
+    last_loss: float = float("nan")
+    last_val: Optional[dict[str, float]] = None
+
+
+@dataclass
+class _Interval:
+    """What the next metrics row averages, and the throughput's clock (restarted after validation,
+    samples and checkpoints, whose time is not training time)."""
+
+    loss: float = 0.0
+    steps: int = 0
+    units: float = 0.0
+    skipped: int = 0
+    t: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.units, self.skipped, self.t = 0.0, 0, 0.0, 0, time.perf_counter()
+
+
 class Trainer:
     """Train ``model`` on ``data`` as ``config`` says; :meth:`fit` runs (or resumes) the whole run."""
 
@@ -156,8 +190,40 @@ class Trainer:
 
         Returns the run summary (also written to ``<output_dir>/train_summary.json``).
         """
+        micro = self._setup_output()
+        run = self._prepare()
+        progress = self._resume(resume, run.ema)
+        cfg, acc = self.config, self.accelerator
+        sampler = ShardedStreamSampler(len(self.data.train), cfg.batch_size, seed=cfg.seed, rank=acc.process_index,
+                                       world_size=acc.num_processes, grad_accum=cfg.grad_accum,
+                                       start_sample=progress.samples_seen)
+        batches = iter(self._loader(self.data.train, sampler))
+        metrics = MetricsLogger(self.output_dir, enabled=acc.is_main_process,
+                                resume_step=progress.step if progress.resumed_from else None, tensorboard=cfg.tensorboard)
+        self._announce(run.unwrapped, micro)
+        bar = self._progress_bar(progress)
+        t0 = time.perf_counter() - progress.elapsed  # the clock continues across resumes
+        interval = _Interval()
+        try:
+            while not self._done(progress):
+                lr, grad_norm = self._step(run, batches, progress, interval, t0)
+                rate = interval.units / max(time.perf_counter() - interval.t, 1e-9)
+                self._update_bar(bar, progress, lr, rate)
+                self._log_metrics(run, metrics, progress, interval, lr, grad_norm, rate)
+                self._evaluate_sample_checkpoint(run, metrics, progress, interval)
+        finally:
+            bar.close()
+            metrics.close()
+        export_dir = self._export(run.model, run.unwrapped, run.ema) if cfg.export else None
+        return self._finish(progress, export_dir)
+
+    # setup ------------------------------------------------------------------------------
+
+    def _setup_output(self) -> int:
+        """Check the batch layout, create the output folder with the experiment's config.yaml;
+        returns the micro-batch (samples per process per accumulation step)."""
         acc, cfg = self.accelerator, self.config
-        world, rank = acc.num_processes, acc.process_index
+        world = acc.num_processes
         if cfg.batch_size % (world * cfg.grad_accum):
             raise ConfigError(
                 f"train.batch_size={cfg.batch_size} (the global batch) must be divisible by "
@@ -165,59 +231,57 @@ class Trainer:
             )
         if cfg.ema_decay is not None and acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
             raise ConfigError("train.ema_decay is not supported with sharded (FSDP/DeepSpeed) training")
-        micro = cfg.batch_size // (world * cfg.grad_accum)
-        out = self.output_dir
         if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.experiment is not None:
-                atomic_write_text(out / "config.yaml", self.experiment.to_yaml())
+                atomic_write_text(self.output_dir / "config.yaml", self.experiment.to_yaml())
+        return cfg.batch_size // (world * cfg.grad_accum)
 
-        model = self.model
-        optimizer = build_optimizer(model, cfg)
-        model, optimizer = acc.prepare(model, optimizer)
-        unwrapped = acc.unwrap_model(model)
-        ema = EMA(unwrapped, cfg.ema_decay) if cfg.ema_decay is not None else None
+    def _prepare(self) -> "_Run":
+        """The optimizer, the model and optimizer as Accelerate wraps them, and the EMA (if any)."""
+        optimizer = build_optimizer(self.model, self.config)
+        model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        unwrapped = self.accelerator.unwrap_model(model)
+        ema = EMA(unwrapped, self.config.ema_decay) if self.config.ema_decay is not None else None
+        return _Run(model=model, optimizer=optimizer, unwrapped=unwrapped, ema=ema)
 
-        step, samples_seen, elapsed, bad_in_a_row = 0, 0, 0.0, 0
-        resumed_from = None
+    def _resume(self, resume: Optional[str], ema: Optional[EMA]) -> "_Progress":
+        """Where training starts: step 0, or the state of the checkpoint ``resume`` names (loaded into
+        the prepared model, optimizer, scheduler, RNGs and EMA). A folder that holds checkpoints is
+        never trained into from scratch."""
+        acc, cfg, out = self.accelerator, self.config, self.output_dir
         existing = list_checkpoints(checkpoint_dir(out))
         if not resume and existing:
             raise ConfigError(
                 f"train.output_dir={out} already holds checkpoints (newest: {existing[-1][1].name}); continue "
                 f"with --resume latest, or pick another train.output_dir (nothing there is overwritten)"
             )
-        if resume:
-            path = resolve_checkpoint(resume, out)
-            if path is None:
-                self._log(f"--resume {resume}: no checkpoint in {out / 'checkpoints'} yet; starting from scratch")
-            else:
-                acc.load_state(str(path))
-                state = read_trainer_state(path)
-                step, samples_seen = int(state["step"]), int(state["samples_seen"])
-                elapsed, bad_in_a_row = float(state["elapsed_s"]), int(state["bad_steps_in_a_row"])
-                if ema is not None:
-                    if not (path / "ema.safetensors").is_file():
-                        raise FileNotFoundError(f"{path}: no ema.safetensors, but train.ema_decay is set")
-                    ema.load(path / "ema.safetensors")
-                consequence = {
-                    "num_processes": "the data order and global batch are unchanged, but per-process RNG "
-                                     "states (dropout) are not all restored",
-                    "seed": "the data order from here on differs",
-                    "batch_size": "the data position is kept (samples seen), the schedule and steps differ",
-                }
-                for key, now in (("num_processes", world), ("seed", cfg.seed), ("batch_size", cfg.batch_size)):
-                    if state.get(key) != now:
-                        self._log(f"note: the checkpoint was written with {key}={state.get(key)}, now {now}: "
-                                  f"{consequence[key]}", warning=True)
-                resumed_from = str(path)
-                self._log(f"resumed from {path} at step {step} ({samples_seen:,} samples seen)")
+        progress = _Progress()
+        if not resume:
+            return progress
+        path = resolve_checkpoint(resume, out)
+        if path is None:
+            self._log(f"--resume {resume}: no checkpoint in {out / 'checkpoints'} yet; starting from scratch")
+            return progress
+        acc.load_state(str(path))
+        state = read_trainer_state(path)
+        progress = _Progress(step=int(state["step"]), samples_seen=int(state["samples_seen"]),
+                             elapsed=float(state["elapsed_s"]), bad_in_a_row=int(state["bad_steps_in_a_row"]),
+                             resumed_from=str(path), last_ckpt_step=int(state["step"]))
+        if ema is not None:
+            if not (path / "ema.safetensors").is_file():
+                raise FileNotFoundError(f"{path}: no ema.safetensors, but train.ema_decay is set")
+            ema.load(path / "ema.safetensors")
+        for key, now in (("num_processes", acc.num_processes), ("seed", cfg.seed), ("batch_size", cfg.batch_size)):
+            if state.get(key) != now:
+                self._log(f"note: the checkpoint was written with {key}={state.get(key)}, now {now}: "
+                          f"{_RESUME_CONSEQUENCE[key]}", warning=True)
+        self._log(f"resumed from {path} at step {progress.step} ({progress.samples_seen:,} samples seen)")
+        return progress
 
-        data = self.data
-        sampler = ShardedStreamSampler(len(data.train), cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                                       grad_accum=cfg.grad_accum, start_sample=samples_seen)
-        batches = iter(self._loader(data.train, sampler))
-        metrics = MetricsLogger(out, enabled=acc.is_main_process, resume_step=step if resumed_from else None,
-                                tensorboard=cfg.tensorboard)
+    def _announce(self, unwrapped: nn.Module, micro: int) -> None:
+        acc, cfg, data = self.accelerator, self.config, self.data
+        world = acc.num_processes
         n_params = sum(p.numel() for p in unwrapped.parameters())
         self._log(
             f"training {type(unwrapped).__name__} ({n_params / 1e6:.2f} M parameters) on {world} process(es) "
@@ -226,138 +290,172 @@ class Trainer:
             f"{len(data.train):,} training samples" + "".join(f"; {k} {v}" for k, v in data.info.items())
         )
 
-        def trainer_state() -> dict[str, Any]:
-            epoch, index = position_of(samples_seen, len(data.train))
-            return {
-                "format": STATE_FORMAT, "step": step, "samples_seen": samples_seen, "epoch": epoch, "index": index,
-                "elapsed_s": elapsed, "bad_steps_in_a_row": bad_in_a_row, "num_processes": world,
-                "seed": cfg.seed, "batch_size": cfg.batch_size,
-                "experiment": self.experiment.to_dict() if self.experiment is not None else None,
-            }
-
-        def checkpoint() -> None:
-            save_checkpoint(acc, out, step, trainer_state(),
-                            write_extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None,
-                            limit=cfg.checkpoint_limit)
-            self._log(f"step {step}: checkpoint saved")
-
+    def _progress_bar(self, progress: "_Progress") -> tqdm:
         # A run that ends on its time budget counts seconds on the bar (with the step in the postfix),
         # so the bar fills and its ETA is the budget's, not that of max_steps it will never reach.
+        cfg = self.config
         by_time = cfg.max_time_s is not None
-        bar = tqdm(total=cfg.max_time_s if by_time else cfg.max_steps, initial=min(elapsed, cfg.max_time_s) if by_time else step,
-                   disable=not acc.is_main_process, dynamic_ncols=True, desc="train",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
-                   if by_time else None)
-        t0 = time.perf_counter() - elapsed  # the clock continues across resumes
-        interval = {"loss": 0.0, "steps": 0, "units": 0.0, "t": time.perf_counter(), "skipped": 0}
-        last_loss, last_val, last_ckpt_step = float("nan"), None, step
-        try:
-            while step < cfg.max_steps and not (by_time and elapsed >= cfg.max_time_s):
-                lr = lr_at(cfg, step, elapsed)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                loss_sum, nonfinite, units = 0.0, 0, 0
-                for a in range(cfg.grad_accum):
-                    batch = self._to_device(next(batches))
-                    sync = a == cfg.grad_accum - 1
-                    with contextlib.nullcontext() if sync else acc.no_sync(model):
-                        _, loss = model(**batch)
-                        if loss is None:
-                            raise ValueError(f"{type(unwrapped).__name__} returned no loss: the batch has no labels")
-                        value = float(loss.detach())
-                        if math.isfinite(value):
-                            loss_sum += value
-                        else:
-                            nonfinite += 1
-                        acc.backward(loss / cfg.grad_accum)
-                    units += _count_units(batch, data.unit)
-                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                grad_norm = float(grad_norm)
-                # One collective per step: loss, NaN count, throughput, and rank 0's clock (so
-                # every process takes the same time-based decisions).
-                local_clock = time.perf_counter() - t0 if rank == 0 else 0.0
-                stats = torch.tensor([loss_sum, nonfinite, units, local_clock], dtype=torch.float64, device=acc.device)
-                loss_sum, nonfinite, units, elapsed = acc.reduce(stats, reduction="sum").tolist()
-                fp16_overflow = acc.mixed_precision == "fp16" and nonfinite == 0  # the grad scaler's business
-                if nonfinite > 0 or (not math.isfinite(grad_norm) and not fp16_overflow):
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_in_a_row += 1
-                    interval["skipped"] += 1
-                    what = "loss" if nonfinite > 0 else "gradient norm"
-                    self._log(f"warning: step {step}: non-finite {what}; update skipped "
-                              f"({bad_in_a_row} of train.max_bad_steps={cfg.max_bad_steps} in a row)", warning=True)
-                    if bad_in_a_row >= cfg.max_bad_steps:
-                        raise TrainingDiverged(
-                            f"training stopped at step {step}: the {what} was NaN/inf for {bad_in_a_row} steps in a row "
-                            f"(train.max_bad_steps={cfg.max_bad_steps}). Lower train.lr, raise train.warmup_steps, "
-                            f"use train.mixed_precision=bf16 instead of fp16, or check the data; resume from the last "
-                            f"good checkpoint with --resume latest."
-                        )
+        return tqdm(total=cfg.max_time_s if by_time else cfg.max_steps,
+                    initial=min(progress.elapsed, cfg.max_time_s) if by_time else progress.step,
+                    disable=not self.accelerator.is_main_process, dynamic_ncols=True, desc="train",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+                    if by_time else None)
+
+    def _done(self, progress: "_Progress") -> bool:
+        cfg = self.config
+        return progress.step >= cfg.max_steps or (cfg.max_time_s is not None and progress.elapsed >= cfg.max_time_s)
+
+    # the step ---------------------------------------------------------------------------
+
+    def _step(self, run: "_Run", batches, progress: "_Progress", interval: "_Interval", t0: float) -> tuple[float, float]:
+        """One optimiser step (``grad_accum`` micro-steps), or a skipped one when the loss or gradient
+        norm is not finite; returns the step's learning rate and gradient norm."""
+        acc, cfg = self.accelerator, self.config
+        lr = lr_at(cfg, progress.step, progress.elapsed)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.model.train()
+        loss_sum, nonfinite, units = self._accumulate(run, batches)
+        grad_norm = float(acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+        # One collective per step: loss, NaN count, throughput, and rank 0's clock (so
+        # every process takes the same time-based decisions).
+        local_clock = time.perf_counter() - t0 if acc.process_index == 0 else 0.0
+        stats = torch.tensor([loss_sum, nonfinite, units, local_clock], dtype=torch.float64, device=acc.device)
+        loss_sum, nonfinite, units, progress.elapsed = acc.reduce(stats, reduction="sum").tolist()
+        fp16_overflow = acc.mixed_precision == "fp16" and nonfinite == 0  # the grad scaler's business
+        if nonfinite > 0 or (not math.isfinite(grad_norm) and not fp16_overflow):
+            self._skip_step(run, progress, interval, "loss" if nonfinite > 0 else "gradient norm")
+        else:
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            progress.bad_in_a_row = 0
+            if run.ema is not None:
+                run.ema.update(run.unwrapped)
+            progress.last_loss = loss_sum / (acc.num_processes * cfg.grad_accum)
+            interval.loss += progress.last_loss
+            interval.steps += 1
+        progress.step += 1
+        progress.samples_seen += cfg.batch_size
+        interval.units += units
+        return lr, grad_norm
+
+    def _accumulate(self, run: "_Run", batches) -> tuple[float, int, int]:
+        """Forward and backward over ``grad_accum`` micro-batches (gradients synced on the last only);
+        returns this process's sum of finite losses, count of non-finite ones, and units seen."""
+        acc, cfg = self.accelerator, self.config
+        loss_sum, nonfinite, units = 0.0, 0, 0
+        for a in range(cfg.grad_accum):
+            batch = self._to_device(next(batches))
+            sync = a == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(run.model):
+                _, loss = run.model(**batch)
+                if loss is None:
+                    raise ValueError(f"{type(run.unwrapped).__name__} returned no loss: the batch has no labels")
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    loss_sum += value
                 else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_in_a_row = 0
-                    if ema is not None:
-                        ema.update(unwrapped)
-                    last_loss = loss_sum / (world * cfg.grad_accum)
-                    interval["loss"] += last_loss
-                    interval["steps"] += 1
-                step += 1
-                samples_seen += cfg.batch_size
-                interval["units"] += units
+                    nonfinite += 1
+                acc.backward(loss / cfg.grad_accum)
+            units += _count_units(batch, self.data.unit)
+        return loss_sum, nonfinite, units
 
-                now = time.perf_counter()
-                rate = interval["units"] / max(now - interval["t"], 1e-9)
-                if by_time:
-                    bar.update(min(elapsed, cfg.max_time_s) - bar.n)
-                else:
-                    bar.update(1)
-                bar.set_postfix(**({"step": f"{step:,}"} if by_time else {}), loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                                **{f"{data.unit[:3]}/s": f"{rate:,.0f}"})
-                done = step >= cfg.max_steps or (by_time and elapsed >= cfg.max_time_s)
+    def _skip_step(self, run: "_Run", progress: "_Progress", interval: "_Interval", what: str) -> None:
+        """The NaN guard: drop this step's gradients; stop with TrainingDiverged after max_bad_steps in a row."""
+        cfg = self.config
+        run.optimizer.zero_grad(set_to_none=True)
+        progress.bad_in_a_row += 1
+        interval.skipped += 1
+        self._log(f"warning: step {progress.step}: non-finite {what}; update skipped "
+                  f"({progress.bad_in_a_row} of train.max_bad_steps={cfg.max_bad_steps} in a row)", warning=True)
+        if progress.bad_in_a_row >= cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"training stopped at step {progress.step}: the {what} was NaN/inf for {progress.bad_in_a_row} steps "
+                f"in a row (train.max_bad_steps={cfg.max_bad_steps}). Lower train.lr, raise train.warmup_steps, "
+                f"use train.mixed_precision=bf16 instead of fp16, or check the data; resume from the last "
+                f"good checkpoint with --resume latest."
+            )
 
-                if step % cfg.log_every == 0 or done:
-                    row = {
-                        "loss": interval["loss"] / interval["steps"] if interval["steps"] else float("nan"),
-                        "lr": lr, "grad_norm": grad_norm, f"{data.unit}_per_s": rate, "elapsed_s": elapsed,
-                        "epoch": samples_seen / len(data.train), "skipped_steps": interval["skipped"],
-                        "num_processes": world,
-                    }
-                    row.update({k: float(v) for k, v in getattr(unwrapped, "last_metrics", {}).items()})
-                    metrics.log(step, row)
-                    interval.update(loss=0.0, steps=0, units=0.0, t=time.perf_counter(), skipped=0)
+    # logging, evaluation, checkpoints ---------------------------------------------------
 
-                if data.val is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
-                    last_val = self._evaluate(unwrapped, ema)
-                    metrics.log(step, {**last_val, "elapsed_s": elapsed})
-                    self._log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items())
-                              + f" ({elapsed:.0f} s)")
-                    interval["t"] = time.perf_counter()
-                if data.sample_fn is not None and cfg.sample_every and (step % cfg.sample_every == 0 or done):
-                    self._sample(unwrapped, ema, step, metrics)
-                    interval["t"] = time.perf_counter()
-                if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or done) and step != last_ckpt_step:
-                    checkpoint()
-                    last_ckpt_step = step
-                    interval["t"] = time.perf_counter()
-        finally:
-            bar.close()
-            metrics.close()
+    def _update_bar(self, bar: tqdm, progress: "_Progress", lr: float, rate: float) -> None:
+        cfg = self.config
+        by_time = cfg.max_time_s is not None
+        if by_time:
+            bar.update(min(progress.elapsed, cfg.max_time_s) - bar.n)
+        else:
+            bar.update(1)
+        bar.set_postfix(**({"step": f"{progress.step:,}"} if by_time else {}), loss=f"{progress.last_loss:.4f}",
+                        lr=f"{lr:.2e}", **{f"{self.data.unit[:3]}/s": f"{rate:,.0f}"})
 
-        export_dir = self._export(model, unwrapped, ema) if cfg.export else None
+    def _log_metrics(self, run: "_Run", metrics: MetricsLogger, progress: "_Progress", interval: "_Interval",
+                     lr: float, grad_norm: float, rate: float) -> None:
+        """Every ``log_every`` steps (and at the end), a metrics row averaging the steps since the last."""
+        if progress.step % self.config.log_every and not self._done(progress):
+            return
+        row = {
+            "loss": interval.loss / interval.steps if interval.steps else float("nan"),
+            "lr": lr, "grad_norm": grad_norm, f"{self.data.unit}_per_s": rate, "elapsed_s": progress.elapsed,
+            "epoch": progress.samples_seen / len(self.data.train), "skipped_steps": interval.skipped,
+            "num_processes": self.accelerator.num_processes,
+        }
+        row.update({k: float(v) for k, v in getattr(run.unwrapped, "last_metrics", {}).items()})
+        metrics.log(progress.step, row)
+        interval.reset()
+
+    def _evaluate_sample_checkpoint(self, run: "_Run", metrics: MetricsLogger, progress: "_Progress",
+                                    interval: "_Interval") -> None:
+        """The periodic work between steps: validation, samples, checkpoints (each also at the end).
+        Their time is not training time: the throughput's clock restarts after each."""
+        cfg, data, step = self.config, self.data, progress.step
+        done = self._done(progress)
+        if data.val is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
+            progress.last_val = self._evaluate(run.unwrapped, run.ema)
+            metrics.log(step, {**progress.last_val, "elapsed_s": progress.elapsed})
+            self._log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in progress.last_val.items())
+                      + f" ({progress.elapsed:.0f} s)")
+            interval.t = time.perf_counter()
+        if data.sample_fn is not None and cfg.sample_every and (step % cfg.sample_every == 0 or done):
+            self._sample(run.unwrapped, run.ema, step, metrics)
+            interval.t = time.perf_counter()
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or done) and step != progress.last_ckpt_step:
+            self._checkpoint(run.ema, progress)
+            progress.last_ckpt_step = step
+            interval.t = time.perf_counter()
+
+    def _trainer_state(self, progress: "_Progress") -> dict[str, Any]:
+        """What a checkpoint's trainer_state.json records beside Accelerate's state."""
+        cfg = self.config
+        epoch, index = position_of(progress.samples_seen, len(self.data.train))
+        return {
+            "format": STATE_FORMAT, "step": progress.step, "samples_seen": progress.samples_seen, "epoch": epoch,
+            "index": index, "elapsed_s": progress.elapsed, "bad_steps_in_a_row": progress.bad_in_a_row,
+            "num_processes": self.accelerator.num_processes, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "experiment": self.experiment.to_dict() if self.experiment is not None else None,
+        }
+
+    def _checkpoint(self, ema: Optional[EMA], progress: "_Progress") -> None:
+        save_checkpoint(self.accelerator, self.output_dir, progress.step, self._trainer_state(progress),
+                        write_extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None,
+                        limit=self.config.checkpoint_limit)
+        self._log(f"step {progress.step}: checkpoint saved")
+
+    def _finish(self, progress: "_Progress", export_dir: Optional[Path]) -> dict[str, Any]:
+        """The run summary, written to ``train_summary.json`` by the main process."""
+        acc = self.accelerator
         summary = {
-            "num_processes": world, "distributed_type": acc.distributed_type.name,
-            "mixed_precision": acc.mixed_precision, "steps": step, "samples_seen": samples_seen,
-            "elapsed_s": elapsed, "train_loss": last_loss,
-            **(last_val or {}), "resumed_from": resumed_from, "export": str(export_dir) if export_dir else None,
+            "num_processes": acc.num_processes, "distributed_type": acc.distributed_type.name,
+            "mixed_precision": acc.mixed_precision, "steps": progress.step, "samples_seen": progress.samples_seen,
+            "elapsed_s": progress.elapsed, "train_loss": progress.last_loss,
+            **(progress.last_val or {}), "resumed_from": progress.resumed_from,
+            "export": str(export_dir) if export_dir else None,
         }
         if acc.is_main_process:
-            atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.output_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
 
-    # ----------------------------------------------------------------------------------
+    # evaluation, samples, export --------------------------------------------------------
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module, ema: Optional[EMA]) -> dict[str, float]:
