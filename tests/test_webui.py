@@ -63,7 +63,7 @@ def test_txt2img_streams_previews_then_pngs_equal_to_the_pipeline(server):
     assert len(previews) >= 2, "previews must stream before the final images"
     assert [int(f[1].split()[1].split("/")[0]) for f in previews] == sorted(int(f[1].split()[1].split("/")[0]) for f in previews)
 
-    expected = demo.studio.t2i(PROMPT, num_images=3, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=7)
+    expected = demo.studio.t2i(PROMPT, num_images=3, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=7).images
     for i, (item, info) in enumerate(zip(gallery, infos)):
         meta = read_png_metadata(item["image"])  # the PNG as the client downloaded it
         assert meta["prompt"] == PROMPT and meta["seed"] == 7 + i and meta["size"] == [16, 16]
@@ -82,8 +82,8 @@ def test_samples_per_image_rerank_like_the_pipeline(server):
     demo, _, c = server
     gallery, _, infos = c.predict(PROMPT, "", 2, 1.0, 1.0, 8, 1.0, 21, 3, api_name="/txt2img")
     expected = demo.studio.t2i(PROMPT, num_images=2, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0,
-                               seed=21, candidates=3)
-    plain = demo.studio.t2i(PROMPT, num_images=2, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=21)
+                               seed=21, candidates=3).images
+    plain = demo.studio.t2i(PROMPT, num_images=2, guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=21).images
     assert any(not np.array_equal(np.asarray(e), np.asarray(p)) for e, p in zip(expected, plain))
     for item, want in zip(gallery, expected):
         assert np.array_equal(_pixels(item["image"]), np.asarray(want))
@@ -159,7 +159,7 @@ def test_complete_keeps_the_top_rows(server, tmp_path):
                                        api_name="/complete")
     assert len(gallery) == 2 and "Saved 2 PNG(s)" in status
     expected = demo.studio.t2i.complete(Image.open(start).convert("RGB"), 2, PROMPT, num_images=2,
-                                        guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=4)
+                                        guidance_scale=1.0, temperature=1.0, top_k=8, top_p=1.0, seed=4).images
     for item, exp in zip(gallery, expected):
         assert np.array_equal(_pixels(item["image"]), np.asarray(exp))
         assert read_png_metadata(item["image"])["keep_rows"] == 2
@@ -215,7 +215,7 @@ def test_fill_mask_matches_the_pipeline(server):
     [
         (("   ",), "prompt is empty"),
         (("x" * 2001,), "2001 characters long; the limit is 2000"),
-        ((PROMPT, "", 1, 1.0, 1.0, 8, 1.0, 2**53 + 1), r"seed must be -1 \(random\) or a whole number in \[0, 2\^53"),
+        ((PROMPT, "", 1, 1.0, 1.0, 8, 1.0, 2**53 + 1), r"seed must be a whole number in \[0, 2\^53.*\(-1 picks a random one\)"),
         # values outside a slider's range are refused by Gradio itself, also with a message
         ((PROMPT, "", 0), "less than minimum value 1"),
         ((PROMPT, "", 1, 31.0), "greater than maximum value 30"),
