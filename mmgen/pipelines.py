@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
+from einops import rearrange
 
 from .checkpoint import CheckpointError
 from .checks import MAX_PROMPT_CHARS, MAX_SEED, check_prompt, resolve_seed
@@ -537,7 +538,7 @@ class TextToImagePipeline:
     def decode_codes(self, codes: torch.Tensor, preview: bool = False) -> list:
         """Codes (B, N) -> PIL images. In a preview, codes of -1 (not sampled yet) show as grey rows."""
         c = self.image_decoder.config
-        grid = codes.view(-1, c.grid_h, c.grid_w).to(next(self.vq.parameters()).device)
+        grid = rearrange(codes, "b (h w) -> b h w", h=c.grid_h).to(next(self.vq.parameters()).device)
         missing = grid < 0
         with torch.inference_mode():
             pixels = self.vq.decode(grid.clamp(min=0))  # (B, 3, H, W) in [-1, 1]
@@ -590,7 +591,7 @@ class TextToImagePipeline:
             T //= 2
             weights = weights[:, :T] + weights[:, T:]
         tokens = self.tokenizer.convert_ids_to_tokens(self.tokenizer.encode_batch(self.rewrite_prompts([prompt]), max_length=dec.config.context_len)["input_ids"][0, :T].tolist())
-        maps = weights[:, :T].T.reshape(T, dec.config.grid_h, dec.config.grid_w)
+        maps = rearrange(weights[:, :T], "(h w) t -> t h w", h=dec.config.grid_h)
         return tokens, maps
 
 

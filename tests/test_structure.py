@@ -13,6 +13,7 @@ functions or fields that break a goal, and passes again when they are fixed:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,3 +227,24 @@ def test_image_decoder_config_adds_at_most_10_fields_to_the_trunk():
     config = ROOT / "mmgen" / "config.py"
     added = dataclass_fields(config, "ImageDecoderConfig") - dataclass_fields(config, "TransformerConfig")
     assert len(added) <= MAX_DECODER_FIELDS, f"ImageDecoderConfig adds {len(added)} fields: {sorted(added)}"
+
+
+# the import name of a distribution where it differs
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}
+
+
+def test_every_runtime_dependency_is_imported():
+    """A package in pyproject's dependencies is used by some module of mmgen or the web UI."""
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower() for d in declared}
+    imported = set()
+    for path in _module_files().values():
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    unused = {n for n in names if IMPORT_NAMES.get(n, n) not in imported}
+    assert not unused, f"declared but imported nowhere: {sorted(unused)}"

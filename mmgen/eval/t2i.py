@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..data.shapes import ShapesDataset, phrasings, render
+from ..images import contact_sheet
 from ..text.directions import mirror_prompt
 from .shapes_reader import aggregate, read_scene, score
 
@@ -180,12 +181,7 @@ def evaluate_t2i(
 def _contact_sheet(rows: list[list[Image.Image]], path: str) -> None:
     from ..pipelines import save_png
 
-    w, h = rows[0][0].size
-    sheet = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), (255, 255, 255))
-    for y, row in enumerate(rows):
-        for x, img in enumerate(row):
-            sheet.paste(img, (x * w, y * h))
-    save_png(sheet, path, metadata={})
+    save_png(contact_sheet(rows), path, metadata={})
 
 
 def format_report(results: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mmgen.checkpoint import PretrainedMixin
@@ -195,8 +196,8 @@ class Quantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (B, D, h, w) → (z_q with straight-through gradient, codes (B, h, w), commit, codebook loss)."""
-        B, D, h, w = z.shape
-        z_flat = F.normalize(z.float().permute(0, 2, 3, 1).reshape(-1, D), dim=-1)  # (N, D)
+        B, _, h, w = z.shape
+        z_flat = F.normalize(rearrange(z.float(), "b d h w -> (b h w) d"), dim=-1)  # (N, D)
         codes = self.lookup(z_flat.detach())  # (N,)
         z_q = self.normalized_codebook()[codes]  # (N, D)
         commit = F.mse_loss(z_flat, z_q.detach())
@@ -207,7 +208,7 @@ class Quantizer(nn.Module):
         if self.training:
             self._record(z_flat.detach(), codes)
         z_q = z_flat + (z_q - z_flat).detach()  # straight-through estimator
-        z_q = z_q.reshape(B, h, w, D).permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
+        z_q = rearrange(z_q, "(b h w) d -> b d h w", b=B, h=h).contiguous()
         return z_q, codes.reshape(B, h, w), commit, codebook_loss
 
     @torch.no_grad()
@@ -337,8 +338,8 @@ class VQModel(PretrainedMixin, nn.Module):
         """images (B, C, H, W) in [-1, 1] → codes (B, h, w) long."""
         self._check_images(images)
         z = self.encoder(images)  # (B, D, h, w)
-        B, D, h, w = z.shape
-        z_flat = F.normalize(z.float().permute(0, 2, 3, 1).reshape(-1, D), dim=-1)
+        B, _, h, w = z.shape
+        z_flat = F.normalize(rearrange(z.float(), "b d h w -> (b h w) d"), dim=-1)
         return self.quantizer.lookup(z_flat).reshape(B, h, w)
 
     @torch.no_grad()
@@ -351,7 +352,7 @@ class VQModel(PretrainedMixin, nn.Module):
         K = self.config.codebook_size
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= K):
             raise ValueError(f"codes must be in [0, {K}), got range [{int(codes.min())}, {int(codes.max())}]")
-        z_q = self.quantizer.normalized_codebook()[codes.long()].permute(0, 3, 1, 2)  # (B, D, h, w)
+        z_q = rearrange(self.quantizer.normalized_codebook()[codes.long()], "b h w d -> b d h w")
         dtype = self.decoder.conv_in.weight.dtype
         return self.decoder(z_q.to(dtype)).clamp(-1, 1)
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .kv_cache import KVCache
@@ -45,8 +46,7 @@ class Attention(nn.Module):
         self.last_weights: Optional[torch.Tensor] = None  # (B, H, Tq, Tk) when record_weights
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        return rearrange(x, "b t (h d) -> b h t d", d=self.head_dim)
 
     def forward(
         self,
@@ -59,7 +59,6 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         """x (B, T, D); bias additive, broadcastable to (B, H, T, Tk); context (B, Tc, Dc) for cross-attention."""
-        B, T, _ = x.shape
         if self.cross:
             q = self._split_heads(self.q(x))
             if cache is not None and cache.cross[layer] is not None:
@@ -71,8 +70,7 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross[layer] = (k, v)
         else:
-            qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, Dh) each
+            q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, d=self.head_dim).unbind(0)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:
@@ -84,7 +82,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal and bias is None, scale=self.scale
             )
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
     def _manual(self, q, k, v, bias, is_causal, dropout_p) -> torch.Tensor:
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, Tq, Tk)
