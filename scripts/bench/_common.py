@@ -30,7 +30,7 @@ INSTALL = {
         "pip install --no-deps dalle-pytorch==1.6.6 taming-transformers-rom1504 && "
         "pip install axial-positional-embedding rotary-embedding-torch ftfy omegaconf requests webdataset "
         "pytorch-lightning 'setuptools>=77.0.3,<81' Cython && pip install --no-build-isolation youtokentome "
-        "(see BENCHMARKS.md, Installing the peers)"
+        "(see docs/benchmarks.md, Installing the peers)"
     ),
 }
 
