@@ -390,11 +390,45 @@ class ImageDecoderConfig(TransformerConfig):
         return self.codebook_size
 
 
+# Named sizes of the text-to-image model, as gpt-fast's ``transformer_configs`` and LlamaGen's
+# ``GPT_B``/``GPT_L``: (width, layers, heads) of the text encoder and of the image decoder. ``tiny``
+# is the dataclass default (the shipped shapes bundle); ``small`` fits richer pictures (emoji,
+# garments) on a CPU; ``base`` (~250 M parameters) is for GPUs. A YAML picks one with
+# ``model.size: small``; keys it also names win, and the saved config.json holds the values.
+T2I_SIZES: dict[str, dict[str, tuple[int, int, int]]] = {
+    "tiny": {"text_encoder": (128, 2, 4), "image_decoder": (128, 4, 4)},
+    "small": {"text_encoder": (256, 3, 4), "image_decoder": (256, 6, 4)},
+    "base": {"text_encoder": (512, 6, 8), "image_decoder": (1024, 14, 16)},
+}
+
+
+def _sized(data: dict[str, Any], size: Any) -> dict[str, Any]:
+    """``data`` (a TextToImageConfig mapping) with the named size filled in under its own keys."""
+    if size not in T2I_SIZES:
+        raise ConfigError(f"model.size: {size!r} is not one of {list(T2I_SIZES)}")
+    out = dict(data)
+    for part, (dim, n_layers, n_heads) in T2I_SIZES[size].items():
+        preset = {"dim": dim, "n_layers": n_layers, "n_heads": n_heads}
+        if part == "image_decoder":
+            preset["context_dim"] = T2I_SIZES[size]["text_encoder"][0]
+        given = out.get(part) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"model.{part}: expected a mapping, got {type(given).__name__}")
+        out[part] = {**preset, **given}
+    return out
+
+
 @dataclass(frozen=True)
 class TextToImageConfig(Config):
     """The text-to-image model trained as one module: a text encoder and an image decoder."""
 
     removed = {"word_order_loss_weight": 0.0, "context_words_dropout": 0.0}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _where: str = "") -> "TextToImageConfig":
+        if isinstance(data, dict) and "size" in data:
+            data = _sized({k: v for k, v in data.items() if k != "size"}, data["size"])
+        return super().from_dict(data, _where)
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)

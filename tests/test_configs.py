@@ -55,3 +55,18 @@ def test_config_holds_only_what_differs_from_the_defaults(path):
                 + values_equal_to_defaults(kind.data_config_class, data.get("data") or {}, "data")
                 + values_equal_to_defaults(TrainConfig, data.get("train") or {}, "train"))
     assert not repeated, f"{path.name} repeats the defaults: {repeated}"
+
+
+def test_named_sizes_fill_width_depth_and_heads_under_the_keys_given():
+    from mmgen.config import T2I_SIZES, ConfigError, TextToImageConfig
+
+    tiny = TextToImageConfig.from_dict({"size": "tiny"})
+    assert tiny == TextToImageConfig()  # the default is the shipped bundle's size
+    base = TextToImageConfig.from_dict({"size": "base", "image_decoder": {"n_layers": 2}})
+    dim, n_layers, n_heads = T2I_SIZES["base"]["text_encoder"]
+    assert (base.text_encoder.dim, base.text_encoder.n_layers, base.text_encoder.n_heads) == (dim, n_layers, n_heads)
+    assert base.image_decoder.context_dim == dim  # the decoder reads the encoder it is sized with
+    assert (base.image_decoder.dim, base.image_decoder.n_layers) == (T2I_SIZES["base"]["image_decoder"][0], 2)
+    assert "size" not in base.to_dict()  # a saved config.json holds the values, not the name
+    with pytest.raises(ConfigError, match="model.size: 'huge'"):
+        TextToImageConfig.from_dict({"size": "huge"})
