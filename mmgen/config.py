@@ -404,7 +404,7 @@ T2I_SIZES: dict[str, dict[str, tuple[int, int, int]]] = {
 
 def _sized(data: dict[str, Any], size: Any) -> dict[str, Any]:
     """``data`` (a TextToImageConfig mapping) with the named size filled in under its own keys."""
-    if size not in T2I_SIZES:
+    if not isinstance(size, str) or size not in T2I_SIZES:
         raise ConfigError(f"model.size: {size!r} is not one of {list(T2I_SIZES)}")
     out = dict(data)
     for part, (dim, n_layers, n_heads) in T2I_SIZES[size].items():
@@ -412,9 +412,8 @@ def _sized(data: dict[str, Any], size: Any) -> dict[str, Any]:
         if part == "image_decoder":
             preset["context_dim"] = T2I_SIZES[size]["text_encoder"][0]
         given = out.get(part) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"model.{part}: expected a mapping, got {type(given).__name__}")
-        out[part] = {**preset, **given}
+        # a section that is not a mapping is left for Config.from_dict to name
+        out[part] = {**preset, **given} if isinstance(given, dict) else given
     return out
 
 
