@@ -445,10 +445,27 @@ def _evaluate_bundle(run: DemoRun, folder: Path, defaults: dict[str, Any], start
     index = json.loads(index_path.read_text(encoding="utf-8"))
     index["eval"] = {"command": "mmgen eval t2i --bundle BUNDLE", "n_per_group": args.eval_n, "prompt_seed": 1234,
                      **{g: r for g, r in results.items()}}
+    text = _evaluate_text_models(folder)
+    if text:
+        index["eval_text"] = text
     index["training"]["timings_s"] = {**run.timings, "bundle_and_eval": round(time.time() - started, 1)}
     index["training"]["total_s"] = round(sum(index["training"]["timings_s"].values()), 1)  # reused stages included
     atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
     return results
+
+
+def _evaluate_text_models(folder: Path) -> dict[str, Any]:
+    """``mmgen eval text`` on the bundle's gpt/ and bert/ (saved, fp16), on the corpus's held-out tail."""
+    from mmgen.eval.text import evaluate_text_model, format_text_report
+
+    out = {}
+    for name in ("gpt", "bert"):
+        if (folder / name).is_dir() and SHAKESPEARE.is_file():
+            report = evaluate_text_model(folder / name, SHAKESPEARE)
+            print(format_text_report(report), flush=True)
+            report["model"], report["data"] = name, SHAKESPEARE.name
+            out[name] = {"command": f"mmgen eval text --model BUNDLE/{name} --data {SHAKESPEARE}", **report}
+    return out
 
 
 def ship_stage(run: DemoRun) -> None:

@@ -106,6 +106,15 @@ def test_mask_filling_in_the_browser(page, shots):
     page.screenshot(path=str(shots / "mask_filling.png"), full_page=True)
 
 
+def test_text_tabs_have_examples_to_click(page):
+    _open_tab(page, "Mask filling")
+    page.get_by_text("the king is [MASK].", exact=True).first.click()
+    page.wait_for_function("() => document.querySelector('#mask-text textarea').value === 'the king is [MASK].'")
+    _open_tab(page, "Text generation")
+    page.get_by_text("JULIET: Wherefore art thou").first.click()
+    page.wait_for_function("() => document.querySelector('#text-prompt textarea').value.startsWith('JULIET:')")
+
+
 def test_history_in_the_browser(page, shots):
     _open_tab(page, "History")
     page.click("#history-search")

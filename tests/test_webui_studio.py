@@ -192,3 +192,26 @@ def test_mmgen_cli_dispatches_to_the_webui(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--bundle", "--auth-file", "--listen", "--share", "--outputs"))
+
+
+def test_text_tabs_say_their_corpus_and_figures(tmp_path):
+    """The text tabs' line comes from the bundle record: the corpus, the minutes and eval text's figures."""
+    import json
+    import shutil
+
+    from mmgen.pipelines import default_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle(), bundle)
+    index = json.loads((bundle / "model_index.json").read_text())
+    index["eval_text"] = {"gpt": {"nats_per_char": 1.5432}, "bert": {"top1": 0.31, "top5": 0.52}}
+    (bundle / "model_index.json").write_text(json.dumps(index))
+    s = Studio(bundle, tmp_path / "outputs")
+    gpt, bert = s.text_model_card("gpt"), s.text_model_card("bert")
+    minutes = index["training"]["gpt"]["summary"]["elapsed_s"] / 60
+    assert gpt.startswith("Trained on Tiny Shakespeare") and f"for {minutes:.0f} minutes" in gpt
+    assert "1.54 nats per character" in gpt
+    assert "first 31% of the time, among its five 52%" in bert
+    del index["training"]
+    (bundle / "model_index.json").write_text(json.dumps(index))
+    assert s.text_model_card("gpt") == ""  # a bundle without a record says nothing rather than guess

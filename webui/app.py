@@ -343,6 +343,12 @@ def _png_info_tab(ui: _UI, tabs: gr.Tabs, t_form: list) -> None:
 
 # ---- text generation -----------------------------------------------------------------------
 
+# Prompts in the style of the text models' corpus (Tiny Shakespeare): speaker names, then lines.
+TEXT_EXAMPLES = [["ROMEO:\n"], ["First Citizen:\nBefore we proceed any further,"], ["KING HENRY VI:\nO God!"],
+                 ["JULIET:\nWherefore art thou"]]
+MASK_EXAMPLES = ["to be or not to [MASK].", "the king is [MASK].", "what is your [MASK], my lord?",
+                 "I will [MASK] thee to the court.", "good [MASK], sweet prince."]
+
 
 def _text_tab(ui: _UI) -> list:
     """The Text generation (GPT) tab; returns its form's inputs."""
@@ -350,6 +356,8 @@ def _text_tab(ui: _UI) -> list:
     with gr.Tab("Text generation", id="text"):
         if s.gpt is None:
             gr.Markdown(f"⚠️ Text generation is not available: {s.gpt_missing}.")
+        else:
+            gr.Markdown(s.text_model_card("gpt"), elem_id="text-card")
         with gr.Row():
             with gr.Column(scale=2):
                 g_prompt = gr.Textbox(label="Prompt", lines=3, elem_id="text-prompt", placeholder="Once upon a time")
@@ -366,6 +374,7 @@ def _text_tab(ui: _UI) -> list:
             with gr.Column(scale=3):
                 g_out = gr.Textbox(label="Text", lines=14, interactive=False, elem_id="text-output")
                 g_status = gr.Markdown(elem_id="text-status")
+        gr.Examples(TEXT_EXAMPLES, [g_prompt], label="Examples (click one)")
 
     def generate_text(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                       request: gr.Request):
@@ -399,6 +408,8 @@ def _fill_mask_tab(ui: _UI) -> list:
         mask = s.mask_token or "[MASK]"
         if s.bert is None:
             gr.Markdown(f"⚠️ Mask filling is not available: {s.bert_missing}.")
+        else:
+            gr.Markdown(s.text_model_card("bert"), elem_id="mask-card")
         with gr.Row():
             with gr.Column(scale=2):
                 m_text = gr.Textbox(
@@ -409,7 +420,7 @@ def _fill_mask_tab(ui: _UI) -> list:
                 m_go = gr.Button("Fill", variant="primary", elem_id="mask-fill")
                 m_status = gr.Markdown()
             with gr.Column(scale=3):
-                m_label = gr.Label(label="First mask: candidates and probabilities", elem_id="mask-label")
+                m_label = gr.Label(label="First mask: candidates, with a bar for each probability", elem_id="mask-label")
                 m_table = gr.Dataframe(
                     headers=["mask", "rank", "token", "score", "sequence"], label="All candidates",
                     interactive=False, wrap=True,
@@ -418,6 +429,7 @@ def _fill_mask_tab(ui: _UI) -> list:
                     label="What the first mask attended to (last layer, averaged over heads)",
                     show_legend=False, combine_adjacent=False,
                 )
+        gr.Examples([[t.replace("[MASK]", mask)] for t in MASK_EXAMPLES], [m_text], label="Examples (click one)")
 
     def fill_mask(text, top_k, request: gr.Request):
         """Top-k candidates for each mask (HF fill-mask shape), and what the first mask attended to."""

@@ -12,6 +12,7 @@ No model code lives here: everything goes through :mod:`mmgen.pipelines` and :mo
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ class Studio:
         limits: Limits = Limits(),
     ) -> None:
         bundle = Path(bundle)
+        self.bundle = bundle
         self.limits = limits
         self.t2i = TextToImagePipeline.from_pretrained(bundle)
         self.gpt, self.gpt_missing = self._optional(bundle / "gpt", TextGenerationPipeline)
@@ -264,6 +266,31 @@ class Studio:
             "top_k": int(d["top_k"] or 0), "top_p": float(d["top_p"] or 1.0),
             "candidates": int(d.get("candidates") or 1),
         }
+
+    def text_model_card(self, name: str) -> str:
+        """One line for the ``gpt``/``bert`` tab: the corpus it was trained on, for how long, and
+        its held-out figures (``mmgen eval text``), from the bundle's model_index.json."""
+        try:
+            index = json.loads((self.bundle / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ""
+        record = (index.get("training") or {}).get(name) or {}
+        corpus = ((record.get("experiment") or {}).get("data") or {}).get("path")
+        if not corpus:
+            return ""
+        corpus = Path(corpus).parent.name if Path(corpus).name == "input.txt" else Path(corpus).name
+        words = {"shakespeare": "Tiny Shakespeare (40,000 lines of the plays)"}.get(corpus, f"`{corpus}`")
+        line = f"Trained on {words}"
+        seconds = (record.get("summary") or {}).get("elapsed_s")
+        if seconds:
+            line += f" for {seconds / 60:.0f} minutes on a CPU"
+        figures = (index.get("eval_text") or {}).get(name) or {}
+        if "nats_per_char" in figures:
+            line += f"; {figures['nats_per_char']:.2f} nats per character on held-out text"
+        elif "top1" in figures:
+            line += (f"; on held-out text it finds the masked word first {figures['top1']:.0%} of the time, "
+                     f"among its five {figures['top5']:.0%}")
+        return line + "."
 
     @property
     def mask_token(self) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""``mmgen eval vq`` and ``mmgen eval t2i``."""
+"""``mmgen eval vq``, ``mmgen eval t2i`` and ``mmgen eval text``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="mmgen eval", description="Evaluate a VQ tokenizer or a text-to-image bundle.")
+    p = argparse.ArgumentParser(prog="mmgen eval", description="Evaluate a VQ tokenizer, a text-to-image bundle or a GPT/BERT.")
     sub = p.add_subparsers(dest="what", required=True)
     v = sub.add_parser("vq", help="PSNR, SSIM, codebook usage/perplexity, shapes-reader round trip, side-by-side PNG")
     v.add_argument("--vq", required=True, help="VQ model folder")
@@ -29,6 +29,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     t.add_argument("--prompt-seed", type=int, default=1234,
                    help="which prompts: 1234 is the bundle's reported evaluation, 999 the prompts train-demo's search tunes on")
     t.add_argument("--out", default="outputs/eval_t2i", help="folder for the report and the contact sheet")
+    x = sub.add_parser("text", help="a GPT's nats per character / token, or a BERT's top-1 / top-5 on whole-word "
+                                    "masks, on the held-out tail of a corpus")
+    x.add_argument("--model", required=True, help="GPT or BERT folder (e.g. mmgen/assets/demo/bert)")
+    x.add_argument("--data", default="data/shakespeare/input.txt",
+                   help="UTF-8 corpus; its tail is held out (get Tiny Shakespeare with `mmgen data text`)")
+    x.add_argument("--tail", type=float, default=0.05, help="held-out fraction at the end of the corpus")
+    x.add_argument("--n", type=int, default=500, help="BERT: whole words to mask")
+    x.add_argument("--out", default="outputs/eval_text", help="folder for report.json")
     args = p.parse_args(argv)
     from ..checkpoint import CheckpointError
     from ..config import atomic_write_text
@@ -38,6 +46,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.what == "vq":
             report = _eval_vq(args, out)
+        elif args.what == "text":
+            from .text import evaluate_text_model, format_text_report
+
+            if not Path(args.data).is_file():
+                raise FileNotFoundError(f"--data {args.data}: no such file (Tiny Shakespeare: `mmgen data text --source shakespeare`)")
+            report = evaluate_text_model(args.model, args.data, tail=args.tail, n=args.n)
+            print(format_text_report(report))
         else:
             from ..pipelines import TextToImagePipeline, default_bundle
             from .t2i import evaluate_t2i, format_report
