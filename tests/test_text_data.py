@@ -119,6 +119,26 @@ def test_mlm_masking_80_10_10():
     assert (few != -100).sum() == 1
 
 
+def test_whole_word_masking_picks_every_piece_of_a_word():
+    from mmgen.text import TextTokenizer
+
+    text = "the unbelievable kingdom of the undiscovered country, from whose bourn no traveller returns\n" * 40
+    tok = TextTokenizer.train([text], kind="wordpiece", vocab_size=75)
+    continues = tok.continuation_table()
+    assert continues.any() and not continues[tok.token_to_id("the")]
+    ids = np.array(tok.encode(text, add_special_tokens=False))
+    word = np.cumsum(~continues[ids]) - 1  # the word each piece belongs to
+    assert word.max() + 1 < len(ids)  # some words have several pieces
+    _, labels = mask_tokens(ids, np.random.default_rng(0), mask_id=tok.mask_id, vocab_size=tok.vocab_size,
+                            special_ids=tok.all_special_ids, probability=0.3, continues=continues)
+    picked = labels != -100
+    by_word = np.bincount(word, weights=picked) / np.bincount(word)
+    assert set(np.unique(by_word)) <= {0.0, 1.0}  # a word is picked whole or not at all
+    assert by_word.mean() == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(ValueError, match="wordpiece"):
+        TextTokenizer.train([text], kind="char").continuation_table()
+
+
 def test_masked_windows_are_reproducible():
     tokens = np.random.default_rng(0).integers(4, 50, size=300).astype(np.uint16)
     ds = MaskedTokenWindows(tokens, 32, mask_id=3, vocab_size=50, special_ids=[0, 1, 2, 3], seed=7)

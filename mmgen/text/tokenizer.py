@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 from tokenizers import (
     AddedToken,
     Encoding,
@@ -439,6 +440,15 @@ class TextTokenizer:
     def get_vocab(self) -> dict[str, int]:
         """Token string → id, added tokens included."""
         return self._tok.get_vocab(with_added_tokens=True)
+
+    def continuation_table(self) -> np.ndarray:
+        """(vocab_size,) bools: which ids continue a word (WordPiece's "##" pieces); for whole-word masking."""
+        if self.kind != "wordpiece":
+            raise ValueError(f"whole-word masking needs a wordpiece tokenizer (its '##' pieces), not {self.kind}")
+        table = np.zeros(self.vocab_size, dtype=bool)
+        for token, i in self.get_vocab().items():
+            table[i] = token.startswith("##")
+        return table
 
     def _check_ids(self, ids: Any) -> list[int]:
         # tokenizers silently skips unknown ids; a wrong id is a bug worth hearing about.

@@ -48,6 +48,8 @@ def _build_bert_data(data_cfg: MaskedTextDataConfig, model_cfg: BERTConfig, seed
         raise ConfigError(f"data.tokenizer={data_cfg.tokenizer} has no mask token; BERT needs one (use wordpiece)")
     common = dict(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                   special_ids=tokenizer.all_special_ids, probability=data_cfg.mlm_probability)
+    if data_cfg.whole_word_mask:
+        common["continues"] = tokenizer.continuation_table()
     return TrainingData(train=MaskedTokenWindows(corpus.train, block, seed=seed, **common),
                         val=MaskedTokenWindows(corpus.val, block, seed=seed + 1, **common),
                         collate_fn=collate_windows, tokenizer=tokenizer, sample_fn=sample_bert, info=info,
