@@ -1,11 +1,11 @@
-"""``mmgen train-demo``: train the demo bundle from scratch on this machine (2 CPU cores, ~45 min).
+"""``mmgen train-demo``: train the demo bundle from scratch on this machine (2 CPU cores, ~75 min).
 
 Stages, each with its own time budget (options), one progress line each:
 
 1. **vq**: the VQ tokenizer on the shapes world (``configs/vq_shapes.yaml``);
 2. **codes**: pretokenize ``--n-images`` shapes images into VQ codes;
 3. **t2i**: the text-to-image model on those codes (``configs/t2i_shapes.yaml``);
-4. **gpt** / **bert**: small Shakespeare models for the text tabs (``configs/gpt_shakespeare_char.yaml``,
+4. **gpt** / **bert**: Shakespeare models for the text tabs, 15 minutes each (``configs/gpt_shakespeare_bpe.yaml``,
    ``configs/bert_shakespeare.yaml``); skipped with a message when the corpus is not available;
 5. **tune**: guidance scale, top-k, temperature and candidates (reranking) measured on validation prompts (a seed the
    final evaluation does not use); the best become the bundle's sampling defaults;
@@ -224,7 +224,8 @@ class DemoRun:
     # --reuse keeps an earlier run's stages, and with them what that run recorded about them
     # (training summaries, timings), read back from the bundle it wrote; empty otherwise
     previous: dict[str, Any]
-    t0: float  # when the run started (the progress lines count from it)
+    t0: float
+    previous_defaults: dict[str, Any] = field(default_factory=dict)  # that bundle's sampling defaults  # when the run started (the progress lines count from it)
     timings: dict[str, float] = field(default_factory=dict)
     made_by: dict[str, str] = field(default_factory=dict)  # stage -> the command that ran it (an earlier one's when reused)
     reused: list[str] = field(default_factory=list)
@@ -287,9 +288,12 @@ def start_run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Option
     record: dict[str, Any] = {"git_commit": _git_commit(), "seed": args.seed, "threads": args.threads,
                               "command": recorded_command(argv if argv is not None else sys.argv[1:])}
     previous: dict[str, Any] = {}
+    previous_defaults: dict[str, Any] = {}
     if args.reuse and (bundle / "model_index.json").is_file():
-        previous = read_json(bundle / "model_index.json").get("training", {})
-    return DemoRun(args=args, out=out, bundle=bundle, record=record, previous=previous, t0=t0)
+        index = read_json(bundle / "model_index.json")
+        previous, previous_defaults = index.get("training", {}), index.get("defaults", {})
+    return DemoRun(args=args, out=out, bundle=bundle, record=record, previous=previous, t0=t0,
+                   previous_defaults=previous_defaults)
 
 
 # The stages ------------------------------------------------------------------------------
@@ -322,7 +326,8 @@ def codes_stage(run: DemoRun, vq) -> None:
 
     args, s = run.args, time.time()
     codes_dir = run.out / "codes"
-    reused = args.reuse and (codes_dir / "meta.json").is_file()
+    # the codes only feed the t2i stage: a finished t2i model needs none
+    reused = args.reuse and ((codes_dir / "meta.json").is_file() or (run.out / "t2i" / "model" / "model_index.json").is_file())
     if not reused:
         items = _ShapesImages(args.n_images, "train", args.seed, vq.config.image_size, p_two_objects=args.two_objects)
         encode_dataset(vq, items, codes_dir, source=items.source, overwrite=True, progress=False)
@@ -360,7 +365,7 @@ def text_model_stages(run: DemoRun) -> None:
         from mmgen.data.text import main as data_text_main
 
         data_text_main(["--source", "shakespeare", "--from", args.shakespeare])
-    for name, config, minutes in (("gpt", "gpt_shakespeare_char.yaml", args.gpt_minutes),
+    for name, config, minutes in (("gpt", "gpt_shakespeare_bpe.yaml", args.gpt_minutes),
                                   ("bert", "bert_shakespeare.yaml", args.bert_minutes)):
         s = time.time()
         if not corpus.is_file():
@@ -374,20 +379,26 @@ def text_model_stages(run: DemoRun) -> None:
         reused = run.finished(folder)
         if not reused:
             shutil.rmtree(folder, ignore_errors=True)
-            # Narrower than the configs (width 128): the text tabs are a demo, and the bundle stays small.
-            small = ["--model.dim=128", "--model.n_heads=4", "--train.eval_batches=8", "--train.sample_every=0"]
-            run.record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *small])
+            quiet = ["--train.eval_batches=8", "--train.sample_every=0"]
+            run.record[name] = _train(CONFIGS / config, folder, minutes, args.seed, [f"--data.path={corpus}", *quiet])
         run.stage_done(name, s, f"{name.upper()} trained on {corpus}", reused)
 
 
 def tune_stage(run: DemoRun):
     """5. The sampling defaults, searched on validation prompts (seed 999, which the final
-    evaluation does not use); ``--tune-minutes 0`` keeps the pipeline's. Returns the pipeline and them."""
+    evaluation does not use); ``--tune-minutes 0`` keeps the pipeline's, and a reused t2i stage keeps
+    the earlier bundle's search. Returns the pipeline and them."""
     from mmgen.pipelines import TextToImagePipeline
 
     args, s = run.args, time.time()
     pipe = TextToImagePipeline.from_pretrained(run.out / "t2i" / "model")
     defaults = dict(pipe.defaults)
+    if "t2i" in run.reused and run.previous_defaults and "sampling_search" in run.previous:
+        # the same model as the earlier bundle's: its search holds
+        defaults.update(run.previous_defaults)
+        run.record["sampling_search"] = run.previous["sampling_search"]
+        run.stage_done("tune", s, f"sampling defaults {defaults}", True)
+        return pipe, defaults
     trials: list[dict] = []
     if args.tune_minutes > 0:
         best, trials = tune_sampling(pipe, args.tune_n, seed=999, budget_s=args.tune_minutes * 60)
@@ -505,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t2i-override", action="append", default=[], metavar="--KEY=VALUE",
                    help="extra `mmgen train` override for the t2i stage, e.g. --t2i-override=--model.text_encoder.n_layers=3 "
                         "(repeatable)")
-    p.add_argument("--gpt-minutes", type=float, default=2.0)
-    p.add_argument("--bert-minutes", type=float, default=2.0)
+    p.add_argument("--gpt-minutes", type=float, default=15.0)
+    p.add_argument("--bert-minutes", type=float, default=15.0)
     p.add_argument("--tune-minutes", type=float, default=4.0, help="budget of the sampling search (0: skip)")
     p.add_argument("--tune-n", type=int, default=60, help="validation prompts per group for the search")
     p.add_argument("--eval-n", type=int, default=50, help="prompts per group for the final evaluation")

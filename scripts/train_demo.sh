@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped demo bundle from scratch on 2 CPU cores (about 45 minutes):
-# VQ on shapes -> pretokenize 50k images -> text-to-image -> char GPT and BERT on Tiny Shakespeare
+# Reproduce the shipped demo bundle from scratch on 2 CPU cores (about 75 minutes):
+# VQ on shapes -> pretokenize 50k images -> text-to-image -> BPE GPT and BERT on Tiny Shakespeare
 # -> sampling defaults measured on validation prompts -> fp16 bundle with model_index.json.
 #
 #   scripts/train_demo.sh                        # writes runs/demo/bundle

@@ -101,3 +101,33 @@ def test_text_tabs_load():
         fill = FillMaskPipeline.from_pretrained(DEMO_BUNDLE / "bert")
         out = fill(f"to be or not to {fill.mask_token}", top_k=3)
         assert len(out) == 3 and all(0.0 <= c["score"] <= 1.0 for c in out)
+
+
+# `mmgen eval text` on the shipped gpt/ and bert/, measured when the bundle was shipped (its
+# model_index.json "eval_text" holds the same figures); the test allows a little for platform floats.
+GPT_NATS_PER_CHAR_MEASURED = 1.5046  # BPE GPT, 15 minutes (nanoGPT's CPU baby GPT: 1.88)
+BERT_TOP1_MEASURED, BERT_TOP5_MEASURED, BERT_PUNCTUATION_MEASURED = 0.208, 0.390, 0.084  # 500 whole-word masks
+
+
+def _shakespeare():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for path in (repo / "data" / "shakespeare" / "input.txt", repo.parent / "shared" / "data" / "tinyshakespeare.txt"):
+        if path.is_file():
+            return path
+    pytest.skip("no Tiny Shakespeare here (mmgen data text --source shakespeare --from FILE)")
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert"])
+def test_text_models_stay_above_their_floors(name):
+    from mmgen.eval.text import evaluate_text_model
+
+    if not (DEMO_BUNDLE / name).is_dir():
+        pytest.skip(f"the bundle has no {name}/")
+    report = evaluate_text_model(DEMO_BUNDLE / name, _shakespeare())
+    if name == "gpt":
+        assert report["nats_per_char"] <= GPT_NATS_PER_CHAR_MEASURED + 0.02
+    else:
+        assert report["top1"] >= BERT_TOP1_MEASURED - 0.02 and report["top5"] >= BERT_TOP5_MEASURED - 0.02
+        assert report["punctuation"] <= BERT_PUNCTUATION_MEASURED + 0.02

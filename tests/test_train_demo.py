@@ -162,7 +162,7 @@ def test_non_empty_out_needs_reuse_and_reuse_keeps_finished_stages(demo_run):
     training = json.loads((out / "bundle" / "model_index.json").read_text())["training"]
     made_by = training["made_by"]
     assert made_by["vq"] == made_by["t2i"] and "--two-objects 1" in made_by["vq"] and "--reuse" not in made_by["vq"]
-    assert "--reuse" in made_by["tune"]
+    assert made_by["tune"] == made_by["t2i"] and "--reuse" in training["command"]  # the search went with its model
     # and keep what the first run recorded about them: the VQ's training summary beside its round trip
     assert training["vq"]["summary"]["steps"] > 0 and "exact" in training["vq"]["shapes_reader_roundtrip"]
 
