@@ -224,8 +224,8 @@ class DemoRun:
     # --reuse keeps an earlier run's stages, and with them what that run recorded about them
     # (training summaries, timings), read back from the bundle it wrote; empty otherwise
     previous: dict[str, Any]
-    t0: float
-    previous_defaults: dict[str, Any] = field(default_factory=dict)  # that bundle's sampling defaults  # when the run started (the progress lines count from it)
+    t0: float  # when the run started (the progress lines count from it)
+    previous_defaults: dict[str, Any] = field(default_factory=dict)  # that bundle's sampling defaults
     timings: dict[str, float] = field(default_factory=dict)
     made_by: dict[str, str] = field(default_factory=dict)  # stage -> the command that ran it (an earlier one's when reused)
     reused: list[str] = field(default_factory=list)

@@ -19,9 +19,10 @@ import math
 import unicodedata
 from pathlib import Path
 
-
 import numpy as np
 import torch
+
+from .t2i import wilson_interval
 
 DEFAULT_TAIL = 0.05
 
@@ -146,16 +147,8 @@ def evaluate_bert(model, tokenizer, text: str, n: int = 500, seed: int = 0, batc
         "top5": round(top5 / m, 4),
         "punctuation": round(punct / m, 4),
         "multi_piece_words": round(multi / m, 4),
-        "top1_ci95": wilson(top1, m),
+        "top1_ci95": [round(x, 3) for x in wilson_interval(top1, m)],
     }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson interval of a proportion k/n."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
 
 
 def evaluate_text_model(folder: str | Path, data: str | Path, tail: float = DEFAULT_TAIL, n: int = 500,
